@@ -1,0 +1,1 @@
+"""imagekit: turns a project into a bootable vorteil-layout disk image."""

@@ -1,0 +1,100 @@
+"""Debian packages as build inputs: resolved with apt-cache, fetched with apt-get download.
+
+Guest binaries (kernel, busybox, Python) come from Debian's archive at build time and are
+never committed. A package is identified by name, version and SHA256 as apt reports them,
+so the cache is keyed by content: a warm build runs apt-cache (local) but never downloads.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from imagekit.cache import BuildCache, key_of
+from imagekit.errors import EnvironmentFailure, ToolFailed
+from imagekit.tools import run
+
+log = logging.getLogger(__name__)
+
+APT_HINT = "refresh the package lists with: apt-get update"
+
+
+@dataclass(frozen=True)
+class Package:
+    """One binary package as the local package lists describe it."""
+
+    name: str
+    version: str
+    sha256: str
+    depends: tuple[str, ...]
+
+    @property
+    def key(self) -> str:
+        return key_of("deb", self.name, self.version, self.sha256)
+
+
+def resolve(name: str) -> Package:
+    """Look ``name`` up in the local package lists (no network)."""
+    try:
+        output = run(["apt-cache", "show", "--no-all-versions", name], hint=APT_HINT)
+    except ToolFailed as err:
+        raise EnvironmentFailure(
+            f"Debian package {name} is not in the package lists", hint=APT_HINT
+        ) from err
+    fields = _control_fields(output)
+    if "Version" not in fields or "SHA256" not in fields:
+        raise EnvironmentFailure(f"Debian package {name} has no candidate version", hint=APT_HINT)
+    return Package(
+        name=fields.get("Package", name),
+        version=fields["Version"],
+        sha256=fields["SHA256"],
+        depends=_first_alternatives(fields.get("Depends", "")),
+    )
+
+
+def _control_fields(text: str) -> dict[str, str]:
+    fields: dict[str, str] = {}
+    for line in text.split("\n\n", 1)[0].splitlines():
+        match = re.match(r"^([A-Za-z0-9-]+):\s*(.*)$", line)
+        if match:
+            fields[match[1]] = match[2].strip()
+    return fields
+
+
+def _first_alternatives(depends: str) -> tuple[str, ...]:
+    names = []
+    for clause in depends.split(","):
+        first = clause.split("|")[0].strip()
+        if first:
+            names.append(first.split()[0].split(":")[0])
+    return tuple(names)
+
+
+def fetch(package: Package, cache: BuildCache) -> Path:
+    """The .deb file of ``package``, downloaded once into the cache."""
+
+    def download(directory: Path) -> None:
+        log.info("downloading %s %s", package.name, package.version)
+        run(
+            ["apt-get", "download", f"{package.name}={package.version}"],
+            cwd=directory,
+            hint=APT_HINT,
+        )
+
+    directory = cache.tree(package.key, download)
+    debs = sorted(directory.glob("*.deb"))
+    if len(debs) != 1:
+        raise EnvironmentFailure(f"apt-get download left {len(debs)} files for {package.name}")
+    return debs[0]
+
+
+def unpacked(package: Package, cache: BuildCache) -> Path:
+    """The file tree of ``package`` (``dpkg-deb -x``), unpacked once into the cache."""
+    deb = fetch(package, cache)
+
+    def extract(directory: Path) -> None:
+        run(["dpkg-deb", "-x", str(deb), str(directory)])
+
+    return cache.tree(key_of("unpacked", package.key), extract)

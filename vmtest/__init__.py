@@ -1,0 +1,1 @@
+"""vmtest: boots images in QEMU and asserts each stage of the boot."""
