@@ -1,5 +1,7 @@
 """The ``imagekit`` command line.
 
+    imagekit build PROJECT[:TARGET] -o OUT [--vcfg FILE ...] [--format raw|qcow2]
+                   [--kernel debian-cloud|DIR] [--force]
     imagekit config render [PROJECT[:TARGET]] [--vcfg FILE ...] [--pretty]
 
 Exit status: 0 success, 2 bad input (project, VCFG, arguments), 1 the environment failed.
@@ -10,13 +12,17 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
+import time
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from imagekit import config
-from imagekit.errors import ImagekitError
+from imagekit.cache import BuildCache
+from imagekit.errors import ImagekitError, UserError
+from imagekit.image import FORMATS, BuildRequest, build
 from vinitd.errors import VinitdError
 from vinitd.vcfg import codec
 
@@ -75,6 +81,27 @@ def _parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
 
+    build = commands.add_parser(
+        "build",
+        help="build a bootable disk image from a project",
+        description="Build PROJECT[:TARGET] into a disk image in vorteil's layout.",
+        allow_abbrev=False,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        parents=[common],
+    )
+    build.add_argument("project", metavar="PROJECT[:TARGET]", help="project directory")
+    build.add_argument("-o", "--output", type=Path, required=True, help="image file to write")
+    _add_vcfg_option(build)
+    build.add_argument("--format", choices=FORMATS, default="raw", help="image format")
+    build.add_argument(
+        "--kernel",
+        default="debian-cloud",
+        metavar="debian-cloud|DIR",
+        help="Debian's cloud kernel, or a directory with a bzImage and its modules",
+    )
+    build.add_argument("-f", "--force", action="store_true", help="replace an existing output")
+    build.set_defaults(handler=_build)
+
     config_parser = commands.add_parser(
         "config", help="read and render VCFGs", allow_abbrev=False, parents=[common]
     )
@@ -104,6 +131,56 @@ def _add_vcfg_option(parser: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="a VCFG file merged after the target's (repeatable)",
     )
+
+
+def _build(args: argparse.Namespace) -> int:
+    kernel_dir = None if args.kernel == "debian-cloud" else Path(args.kernel)
+    epoch = os.environ.get("SOURCE_DATE_EPOCH")
+    if epoch is not None and not epoch.isdigit():
+        raise UserError(f"SOURCE_DATE_EPOCH={epoch!r} is not a number of seconds")
+    request = BuildRequest(
+        spec=args.project,
+        output=args.output,
+        vcfgs=tuple(args.vcfg),
+        image_format=args.format,
+        kernel_dir=kernel_dir,
+        force=args.force,
+        source_date_epoch=int(epoch) if epoch is not None else None,
+    )
+    started = time.monotonic()
+    progress = Progress(enabled=sys.stderr.isatty())
+    with BuildCache() as cache:
+        result = build(request, cache=cache, progress=progress.step)
+    progress.done()
+    print(
+        f"created image: {result.path} ({_mib(result.size)} MiB, "
+        f"{_mib(result.allocated)} MiB allocated) in {time.monotonic() - started:.1f} s"
+    )
+    return 0
+
+
+def _mib(size: int) -> str:
+    return f"{size / (1 << 20):.1f}"
+
+
+class Progress:
+    """One updating status line on a terminal; silent otherwise."""
+
+    def __init__(self, *, enabled: bool) -> None:
+        self.enabled = enabled
+        self.started = time.monotonic()
+
+    def step(self, name: str) -> None:
+        log.info("%s", name)
+        if self.enabled:
+            elapsed = time.monotonic() - self.started
+            sys.stderr.write(f"\r\033[K[{elapsed:5.1f}s] {name} ...")
+            sys.stderr.flush()
+
+    def done(self) -> None:
+        if self.enabled:
+            sys.stderr.write("\r\033[K")
+            sys.stderr.flush()
 
 
 def _render(args: argparse.Namespace) -> int:

@@ -113,8 +113,10 @@ def _combine(
 ) -> tuple[str, ...]:
     # Each item keeps the file that wrote it (``dns[0]``), so that an error in an item from
     # the first file names the first file even after a later file added items.
-    earlier = sources.get(path, source)
-    result = [(item, sources.pop(f"{path}[{index}]", earlier)) for index, item in enumerate(old)]
+    earlier = sources.get(path)
+    result: list[tuple[str, str | None]] = [
+        (item, sources.pop(f"{path}[{index}]", earlier)) for index, item in enumerate(old)
+    ]
     for item in new:
         if item.startswith("~"):
             target = item[1:]
@@ -125,5 +127,6 @@ def _combine(
         elif not (union and any(item == kept for kept, _ in result)):
             result.append((item, source))
     for index, (_, origin) in enumerate(result):
-        sources[f"{path}[{index}]"] = origin
+        if origin is not None:
+            sources[f"{path}[{index}]"] = origin
     return tuple(item for item, _ in result)
