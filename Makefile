@@ -8,8 +8,12 @@ PYTEST := $(PY) -m pytest
 setup:
 	@bash tools/setup.sh
 
+IMAGE := build/hello.raw
+
 run: setup
 	$(VENV)/bin/imagekit config render examples/hello --pretty
+	$(VENV)/bin/imagekit build examples/hello -o $(IMAGE) --force
+	$(PY) -m vmtest.bootfiles $(IMAGE) --boot
 
 test: setup
 	$(PYTEST) tests
@@ -28,4 +32,4 @@ bench: setup
 	$(PY) -m bench
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf build $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -2,6 +2,7 @@
 
     imagekit build PROJECT[:TARGET] -o OUT [--vcfg FILE ...] [--format raw|qcow2]
                    [--kernel debian-cloud|DIR] [--force]
+    imagekit cache info|clear
     imagekit config render [PROJECT[:TARGET]] [--vcfg FILE ...] [--pretty]
 
 Exit status: 0 success, 2 bad input (project, VCFG, arguments), 1 the environment failed.
@@ -11,6 +12,7 @@ Errors are one clear line (plus a hint); ``--debug`` adds the traceback.
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import sys
@@ -21,7 +23,7 @@ from pathlib import Path
 
 from imagekit import config
 from imagekit.cache import BuildCache
-from imagekit.errors import ImagekitError, UserError
+from imagekit.errors import EnvironmentFailure, ImagekitError, UserError
 from imagekit.image import FORMATS, BuildRequest, build
 from vinitd.errors import VinitdError
 from vinitd.vcfg import codec
@@ -102,6 +104,17 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument("-f", "--force", action="store_true", help="replace an existing output")
     build.set_defaults(handler=_build)
 
+    cache_parser = commands.add_parser(
+        "cache", help="the build cache", allow_abbrev=False, parents=[common]
+    )
+    cache_commands = cache_parser.add_subparsers(title="cache commands", metavar="COMMAND")
+    cache_commands.add_parser(
+        "info", help="where the cache is and how big", parents=[common]
+    ).set_defaults(handler=_cache_info)
+    cache_commands.add_parser(
+        "clear", help="remove every cached package, tree and blob", parents=[common]
+    ).set_defaults(handler=_cache_clear)
+
     config_parser = commands.add_parser(
         "config", help="read and render VCFGs", allow_abbrev=False, parents=[common]
     )
@@ -149,14 +162,27 @@ def _build(args: argparse.Namespace) -> int:
     )
     started = time.monotonic()
     progress = Progress(enabled=sys.stderr.isatty())
-    with BuildCache() as cache:
-        result = build(request, cache=cache, progress=progress.step)
-    progress.done()
+    try:
+        with BuildCache() as cache:
+            result = build(request, cache=cache, progress=progress.step)
+    except OSError as err:
+        raise _build_failure(request.output, err) from err
+    finally:
+        progress.done()
     print(
         f"created image: {result.path} ({_mib(result.size)} MiB, "
         f"{_mib(result.allocated)} MiB allocated) in {time.monotonic() - started:.1f} s"
     )
     return 0
+
+
+def _build_failure(output: Path, err: OSError) -> EnvironmentFailure:
+    """A host failure while building (full disk, file size limit, permissions) as one line."""
+    where = f"{err.filename}: " if err.filename else ""
+    hint = None
+    if err.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+        hint = f"make room (or raise the file size limit, ulimit -f) where {output} is written"
+    return EnvironmentFailure(f"cannot build {output}: {where}{err.strerror or err}", hint=hint)
 
 
 def _mib(size: int) -> str:
@@ -181,6 +207,23 @@ class Progress:
         if self.enabled:
             sys.stderr.write("\r\033[K")
             sys.stderr.flush()
+
+
+def _cache_info(args: argparse.Namespace) -> int:
+    with BuildCache() as cache:
+        info = cache.info()
+    print(f"path: {info.root}")
+    print(f"entries: {info.entries}")
+    print(f"size: {_mib(info.size_bytes)} MiB")
+    return 0
+
+
+def _cache_clear(args: argparse.Namespace) -> int:
+    with BuildCache() as cache:
+        before = cache.info()
+        cache.clear()
+    print(f"cleared {before.root} ({_mib(before.size_bytes)} MiB)")
+    return 0
 
 
 def _render(args: argparse.Namespace) -> int:

@@ -1,34 +1,28 @@
 """vinitd's entry point: PID 1 of the VM, as a list of stages and their steps.
 
-This is the first, small init: pre-setup (pseudo filesystems, boot disk, VCFG), launch
-(``program[0]``, waited for), then power-off. Every stage reports itself on the event port
-(docs/events.md); any error is reported on the console and the port, and the VM powers off:
-PID 1 never dies with a traceback (that would be a kernel panic).
+Stages run in order: pre-setup (pseudo filesystems, boot disk, VCFG), setup (signals, power
+button), post-setup, launch (every program); then the supervisor loop reaps the programs
+until none is left or a shutdown is asked for, and the VM powers off. Every stage reports
+itself on the event port (docs/events.md). Failure policy: an exception escaping a stage is
+fatal: it is reported on the console and the port, and the VM powers off with its disks
+synced. PID 1 never dies with a traceback (that would be a kernel panic).
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
-import signal
-import subprocess
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vinitd import bootdisk, console, mounts, power, shellwords
-from vinitd.errors import VinitdError
+from vinitd import bootdisk, console, mounts, power, powerbutton, programs
 from vinitd.events import EventChannel, find_port
+from vinitd.supervisor import Outcome, Supervisor
 from vinitd.vcfg import codec
-from vinitd.vcfg.model import VCFG, Privilege, Program
+from vinitd.vcfg.model import VCFG
 
-VTTY = "/dev/vtty"
-APP_UID = 1000
-
-
-class StageError(VinitdError):
-    """A step failed in a way that stops the boot."""
+DEFAULT_TERMINATE_WAIT_MS = 3000
 
 
 @dataclass
@@ -38,6 +32,8 @@ class Boot:
     events: EventChannel
     vcfg: VCFG = field(default_factory=VCFG)
     disk: Path | None = None
+    supervisor: Supervisor | None = None
+    button: int | None = None
 
 
 def mount_base() -> None:
@@ -56,99 +52,85 @@ def pre_setup(boot: Boot) -> None:
     boot.vcfg = codec.loads(data, source=f"{found.disk} (VCFG)")
 
 
-def launch(boot: Boot) -> None:
-    if not boot.vcfg.program:
-        console.log_always("no programs configured")
-        return
-    program = boot.vcfg.program[0]
-    argv = program_argv(program)
-    as_app = program.privilege in (Privilege.USER, Privilege.SUPERUSER)
-    process = subprocess.Popen(
-        argv,
-        cwd=program.cwd or "/",
-        env=dict(shellwords.expand_env(program.env, {})),
-        stdin=subprocess.DEVNULL,
-        stdout=_output(program.stdout),
-        stderr=_output(program.stderr),
-        user=APP_UID if as_app else None,
-        group=APP_UID if as_app else None,
-        extra_groups=[] if as_app else None,
-    )
-    boot.events.emit("program", index=0, state="started", pid=process.pid, argv=argv)
-    status = process.wait()
-    fields: dict[str, object]
-    if status >= 0:
-        outcome, fields = f"exit status {status}", {"exit_status": status}
+def setup(boot: Boot) -> None:
+    wait_ms = boot.vcfg.system.terminate_wait
+    if not wait_ms:
+        console.log_level("WARNING", "system.terminate-wait is empty, using 3000 ms")
+        wait_ms = DEFAULT_TERMINATE_WAIT_MS
+    boot.supervisor = Supervisor(boot.events, terminate_wait=wait_ms / 1000)
+    boot.supervisor.install_signals()
+    with contextlib.suppress(OSError):
+        power.disable_ctrl_alt_del()
+    device = powerbutton.find_device()
+    if device is None:
+        console.log_level("WARNING", "can not listen to power off (devices): no power button")
     else:
-        name = signal.Signals(-status).name
-        outcome, fields = f"signal: {name}", {"signal": name}
-    console.log_always(f"program[0] pid[{process.pid}] finished with {outcome}")
-    boot.events.emit("program", index=0, state="exited", pid=process.pid, **fields)
-    console.log_always("no programs still running")
+        try:
+            boot.button = powerbutton.open_device(device)
+        except OSError as err:
+            console.log_level("WARNING", f"can not listen to power off (dev): {err}")
 
 
-def program_argv(program: Program) -> list[str]:
-    """The program's argv with word 0 resolved to an existing path."""
-    words = ([program.binary] if program.binary else []) + shellwords.split(program.args)
-    if not words:
-        raise StageError("no program binary or args defined")
-    name = words[0]
-    cwd = Path(program.cwd or "/")
-    candidates = [Path(name)] if name.startswith("/") else [cwd / name]
-    if "/" not in name:
-        path = dict(shellwords.expand_env(program.env, {})).get("PATH", "")
-        candidates += [Path(d) / name for d in path.split(":") if d]
-    for candidate in candidates:
-        if candidate.is_file():
-            return [str(candidate), *words[1:]]
-    raise StageError(f"program {name} can not be found")
+def post_setup(boot: Boot) -> None:
+    """DNS cache, NFS, NTP and log shipping will live here; nothing to do yet."""
 
 
-def _output(path: str) -> int | None:
-    if not path or path == VTTY:
-        return None  # the console, until the vtty emulation arrives
-    target = Path(path)
-    target.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
-    return os.open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+def launch(boot: Boot) -> None:
+    assert boot.supervisor is not None
+    specs = [programs.prepare(i, p, {}) for i, p in enumerate(boot.vcfg.program)]
+    for spec in specs:
+        process = programs.start(spec)
+        boot.supervisor.add(spec.index, process, spec.terminate)
+        boot.events.emit(
+            "program", index=spec.index, state="started", pid=process.pid, argv=list(spec.argv)
+        )
 
 
 STAGES: tuple[tuple[str, Callable[[Boot], None]], ...] = (
     ("pre-setup", pre_setup),
+    ("setup", setup),
+    ("post-setup", post_setup),
     ("launch", launch),
 )
 
 
-def run(boot: Boot) -> power.Action:
-    """Run every stage; a failing stage is reported and ends the boot."""
+def run(boot: Boot) -> Outcome:
+    """Run every stage, then supervise the programs; a failing stage ends the boot."""
     for name, stage in STAGES:
         boot.events.stage(name, "started")
         try:
             stage(boot)
         except Exception as err:  # PID 1 reports every failure, then powers off
-            message = f"can not run {name}: {err}"
-            console.log_level("ERROR", message)
+            console.log_level("ERROR", f"can not run {name}: {err}")
             boot.events.stage(name, "failed", message=str(err), error=type(err).__name__)
-            return power.Action.POWER_OFF
+            return Outcome(power.Action.POWER_OFF, f"{name} failed")
         boot.events.stage(name, "finished")
-    return power.Action.POWER_OFF
+    assert boot.supervisor is not None
+    return boot.supervisor.run(button=boot.button)
 
 
-def shutdown(boot: Boot, action: power.Action, reason: str) -> None:
+def shutdown(boot: Boot, outcome: Outcome) -> None:
     console.log_always("shutting down system")
-    boot.events.emit("shutdown", state="begun", action=action.name.lower(), reason=reason)
     power.sync_disks()
-    boot.events.emit("shutdown", state="synced")
+    with contextlib.suppress(OSError):
+        mounts.remount_readonly("/")
+    boot.events.emit("shutdown", state="synced", action=outcome.action.name.lower())
     boot.events.close()
-    power.reboot(action)
+    power.reboot(outcome.action)
 
 
 def main() -> int:
     with contextlib.suppress(OSError):
         mount_base()  # early, for /sys and the event port; pre-setup reports a failure
     boot = Boot(events=EventChannel(find_port()))
-    action = run(boot)
     try:
-        shutdown(boot, action, "boot ended")
+        outcome = run(boot)
+    except Exception as err:  # a bug in vinitd itself: still report it and power off
+        console.log_level("ERROR", f"vinitd failed: {type(err).__name__}: {err}")
+        boot.events.emit("failure", message=str(err), error=type(err).__name__)
+        outcome = Outcome(power.Action.POWER_OFF, "vinitd failed")
+    try:
+        shutdown(boot, outcome)
     except OSError as err:
         console.log_level("ERROR", f"can not power off: {err}")
         return 1

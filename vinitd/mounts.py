@@ -11,6 +11,7 @@ MS_NOSUID = 0x2
 MS_NODEV = 0x4
 MS_NOEXEC = 0x8
 MS_REMOUNT = 0x20
+MS_RDONLY = 0x1
 
 
 @dataclass(frozen=True)
@@ -52,3 +53,12 @@ def is_mounted(target: str, proc_mounts: str = "/proc/mounts") -> bool:
         return any(line.split()[1] == target for line in lines if line.strip())
     except (OSError, IndexError):
         return False
+
+
+def remount_readonly(target: str) -> None:
+    """Remount ``target`` read-only (the last step before power-off)."""
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    flags = ctypes.c_ulong(MS_REMOUNT | MS_RDONLY)
+    if libc.mount(None, target.encode(), None, flags, None) != 0:
+        errno = ctypes.get_errno()
+        raise OSError(errno, f"remount {target} read-only: {os.strerror(errno)}")

@@ -1,0 +1,201 @@
+"""Running the programs: one loop that reaps every child, hears signals and the power button,
+and carries out the shutdown sequence.
+
+One reaper (``waitpid(-1)``) records every exit status, so no status is lost to a race
+(vorteil's reaper and per-program waiters raced, printing ``<nil>``), and orphans re-parented
+to PID 1 are reaped too. A program killed by a signal counts as finished (vorteil kept such a
+VM running forever). Console lines follow vorteil's (vinitd spec §9.4, §10.6, §11).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import os
+import selectors
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from vinitd import console, powerbutton
+from vinitd.events import EventChannel
+from vinitd.power import Action
+
+# Go's descriptions of signals, which vorteil prints (`finished with signal: terminated`).
+SIGNAL_TEXT = {
+    1: "hangup", 2: "interrupt", 3: "quit", 4: "illegal instruction",
+    5: "trace/breakpoint trap", 6: "aborted", 7: "bus error", 8: "floating point exception",
+    9: "killed", 10: "user defined signal 1", 11: "segmentation fault",
+    12: "user defined signal 2", 13: "broken pipe", 14: "alarm clock", 15: "terminated",
+    16: "stack fault", 17: "child exited", 18: "continued", 19: "stopped (signal)",
+    20: "stopped", 21: "stopped (tty input)", 22: "stopped (tty output)",
+    23: "urgent I/O condition", 24: "CPU time limit exceeded",
+    25: "file size limit exceeded", 26: "virtual timer expired",
+    27: "profiling timer expired", 28: "window changed", 29: "I/O possible",
+    30: "power failure", 31: "bad system call",
+}  # fmt: skip
+
+# Signals PID 1 listens to; the rest keep the kernel's default for init: ignored.
+HANDLED = (signal.SIGCHLD, signal.SIGPWR, signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+class State(enum.StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    EXITED = "exited"
+
+
+@dataclass
+class Running:
+    """A launched program and what became of it."""
+
+    index: int
+    process: subprocess.Popen[bytes]
+    terminate: signal.Signals
+    state: State = State.RUNNING
+    status_text: str = ""
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """Why the loop ended, and what to do with the VM."""
+
+    action: Action
+    reason: str
+
+
+@dataclass
+class Supervisor:
+    events: EventChannel
+    terminate_wait: float = 3.0
+    clock: Callable[[], float] = time.monotonic
+    programs: dict[int, Running] = field(default_factory=dict)
+    _wakeup: tuple[int, int] | None = None
+
+    def install_signals(self) -> None:
+        """Route the handled signals into the loop through a wakeup pipe."""
+        read_fd, write_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._wakeup = (read_fd, write_fd)
+        for signum in HANDLED:
+            signal.signal(signum, _note)
+        signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+
+    def add(self, index: int, process: subprocess.Popen[bytes], terminate: signal.Signals) -> None:
+        self.programs[index] = Running(index, process, terminate)
+
+    def running(self) -> list[Running]:
+        return [p for p in self.programs.values() if p.state is State.RUNNING]
+
+    def run(self, *, button: int | None = None) -> Outcome:
+        """Loop until every program has finished or a shutdown is asked for and carried out."""
+        selector = selectors.DefaultSelector()
+        if self._wakeup is not None:
+            selector.register(self._wakeup[0], selectors.EVENT_READ, "signals")
+        if button is not None:
+            selector.register(button, selectors.EVENT_READ, "button")
+        requested: Outcome | None = None
+        self.reap()
+        while requested is None:
+            if not self.running():
+                console.log_always("no programs still running")
+                outcome = Outcome(Action.POWER_OFF, "no programs still running")
+                self._begin(outcome)
+                self._kill_rest()
+                return outcome
+            for key, _ in selector.select():
+                requested = requested or self._handle(key.data, key.fd)
+            self.reap()
+        self.terminate_all(requested, selector)
+        return requested
+
+    def _handle(self, source: str, fd: int) -> Outcome | None:
+        try:
+            data = os.read(fd, 4096)
+        except BlockingIOError:
+            return None
+        if source == "button":
+            return Outcome(Action.POWER_OFF, "power button") if powerbutton.pressed(data) else None
+        for signum in data:
+            if signum == signal.SIGPWR:
+                return Outcome(Action.POWER_OFF, "SIGPWR")
+            if signum == signal.SIGINT:
+                return Outcome(Action.RESTART, "SIGINT")
+        return None
+
+    def reap(self) -> None:
+        """Collect every child that has exited, programs and orphans alike."""
+        by_pid = {p.pid: p for p in self.running()}
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            program = by_pid.get(pid)
+            if program is not None:
+                self._finished(program, status)
+
+    def _finished(self, program: Running, status: int) -> None:
+        code = os.waitstatus_to_exitcode(status)
+        program.process.returncode = code  # so Popen never waits for it again
+        program.state = State.EXITED
+        fields: dict[str, object]
+        if code >= 0:
+            program.status_text = f"exit status {code}"
+            fields = {"exit_status": code}
+        else:
+            text = SIGNAL_TEXT.get(-code, f"signal {-code}")
+            core = " (core dumped)" if os.WIFSIGNALED(status) and os.WCOREDUMP(status) else ""
+            program.status_text = f"signal: {text}{core}"
+            fields = {"signal": signal.Signals(-code).name}
+        console.log_always(
+            f"program[{program.index}] pid[{program.pid}] finished with {program.status_text}"
+        )
+        self.events.emit("program", index=program.index, state="exited", pid=program.pid, **fields)
+
+    def terminate_all(self, outcome: Outcome, selector: selectors.BaseSelector) -> None:
+        """Each running program gets its terminate signal; after the wait, everything dies."""
+        self._begin(outcome)
+        for program in self.running():
+            text = SIGNAL_TEXT.get(program.terminate, program.terminate.name)
+            console.log_always(
+                f"program[{program.index}] pid[{program.pid}] - sending signal '{text}'"
+            )
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(program.pid, program.terminate)
+        deadline = self.clock() + self.terminate_wait
+        while self.running() and self.clock() < deadline:
+            selector.select(max(0.0, deadline - self.clock()))
+            if self._wakeup is not None:
+                with contextlib.suppress(BlockingIOError):
+                    os.read(self._wakeup[0], 4096)
+            self.reap()
+        if self.running():
+            console.log_level("WARNING", "could not terminate all applications before timeout")
+        else:
+            console.log_always("applications terminated")
+        self._kill_rest()
+
+    def _begin(self, outcome: Outcome) -> None:
+        console.log_always("shutting down applications")
+        action = outcome.action.name.lower()
+        self.events.emit("shutdown", state="begun", action=action, reason=outcome.reason)
+
+    def _kill_rest(self) -> None:
+        """SIGKILL to every process but PID 1 (programs past their grace, orphaned daemons)."""
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(-1, signal.SIGKILL)
+        time.sleep(0.05)
+        self.reap()
+        self.events.emit("shutdown", state="terminated", remaining=len(self.running()))
+
+
+def _note(signum: int, frame: object) -> None:
+    """A handler is needed for the wakeup pipe to see the signal; the loop does the work."""
