@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 DEBIAN_PACKAGES=(
     qemu-system-x86 qemu-utils e2fsprogs kmod fakeroot cpio
     libparted-dev pkg-config gdisk fdisk
+    dnsmasq-base iproute2 strace
 )
 
 missing=()

@@ -189,9 +189,18 @@ class Supervisor:
         self.events.emit("shutdown", state="begun", action=action, reason=outcome.reason)
 
     def _kill_rest(self) -> None:
-        """SIGKILL to every process but PID 1 (programs past their grace, orphaned daemons)."""
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(-1, signal.SIGKILL)
+        """SIGKILL to programs past their grace and, as PID 1, to every other process too.
+
+        kill(-1) outside PID 1 would kill every process the caller may signal on the host,
+        so a supervisor that is not the init kills only its own programs.
+        """
+        if os.getpid() == 1:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(-1, signal.SIGKILL)
+        else:
+            for program in self.running():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(program.pid, signal.SIGKILL)
         time.sleep(0.05)
         self.reap()
         self.events.emit("shutdown", state="terminated", remaining=len(self.running()))
