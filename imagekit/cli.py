@@ -4,6 +4,9 @@
                    [--kernel debian-cloud|DIR] [--force]
     imagekit cache info|clear
     imagekit config render [PROJECT[:TARGET]] [--vcfg FILE ...] [--pretty]
+    imagekit config get IMAGE [--pretty]
+    imagekit config set IMAGE [PROJECT[:TARGET]] [--vcfg FILE ...]
+    imagekit inspect IMAGE [--json]
 
 Exit status: 0 success, 2 bad input (project, VCFG, arguments), 1 the environment failed.
 Errors are one clear line (plus a hint); ``--debug`` adds the traceback.
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import json
 import logging
 import os
 import sys
@@ -25,6 +29,8 @@ from imagekit import config
 from imagekit.cache import BuildCache
 from imagekit.errors import EnvironmentFailure, ImagekitError, UserError
 from imagekit.image import FORMATS, BuildRequest, build
+from imagekit.imagefile import image_format, raw_image, read_image_layout, write_config
+from imagekit.inspect import inspect_image, render_text, stored_json
 from vinitd.errors import VinitdError
 from vinitd.vcfg import codec
 
@@ -55,6 +61,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("imagekit: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader went away (`imagekit inspect IMG | head`): not an error of ours.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
 
 
 def _report(args: argparse.Namespace, message: str, hint: str | None) -> None:
@@ -116,7 +127,7 @@ def _parser() -> argparse.ArgumentParser:
     ).set_defaults(handler=_cache_clear)
 
     config_parser = commands.add_parser(
-        "config", help="read and render VCFGs", allow_abbrev=False, parents=[common]
+        "config", help="render VCFGs; read and set an image's", allow_abbrev=False, parents=[common]
     )
     config_commands = config_parser.add_subparsers(title="config commands", metavar="COMMAND")
     render = config_commands.add_parser(
@@ -132,6 +143,47 @@ def _parser() -> argparse.ArgumentParser:
     _add_vcfg_option(render)
     render.add_argument("--pretty", action="store_true", help="indent the JSON for people")
     render.set_defaults(handler=_render)
+
+    get = config_commands.add_parser(
+        "get",
+        help="print the VCFG JSON stored in an image",
+        description="Print the VCFG JSON of IMAGE (raw or qcow2) exactly as stored.",
+        allow_abbrev=False,
+        parents=[common],
+    )
+    get.add_argument("image", type=Path, metavar="IMAGE", help="disk image")
+    get.add_argument("--pretty", action="store_true", help="indent the JSON for people")
+    get.set_defaults(handler=_config_get)
+
+    set_command = config_commands.add_parser(
+        "set",
+        help="replace the VCFG stored in an image",
+        description="Resolve PROJECT[:TARGET] and --vcfg files as build does (defaults, "
+        "validation) and write the result into IMAGE in place of its VCFG, with a kernel "
+        "command line made from it. The whole VCFG is replaced, not merged with the image's. "
+        "An interruption leaves the old config or the new one, never a mix.",
+        allow_abbrev=False,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        parents=[common],
+    )
+    set_command.add_argument("image", type=Path, metavar="IMAGE", help="disk image to change")
+    set_command.add_argument(
+        "project", nargs="?", metavar="PROJECT[:TARGET]", help="project directory"
+    )
+    _add_vcfg_option(set_command)
+    set_command.set_defaults(handler=_config_set)
+
+    inspect = commands.add_parser(
+        "inspect",
+        help="show what an image holds",
+        description="Report the partitions (cross-checked with libparted), the config block, "
+        "the kernel command line, the kernel bundle, the VCFG and the root filesystem of IMAGE.",
+        allow_abbrev=False,
+        parents=[common],
+    )
+    inspect.add_argument("image", type=Path, metavar="IMAGE", help="disk image (raw or qcow2)")
+    inspect.add_argument("--json", action="store_true", help="print one JSON object")
+    inspect.set_defaults(handler=_inspect)
     return parser
 
 
@@ -235,6 +287,40 @@ def _render(args: argparse.Namespace) -> int:
         # Exactly the on-disk bytes when piped; a newline only for a person at a terminal.
         sys.stdout.buffer.write(resolved.json() + (b"\n" if sys.stdout.isatty() else b""))
         sys.stdout.flush()
+    return 0
+
+
+def _config_get(args: argparse.Namespace) -> int:
+    with raw_image(args.image) as image:
+        data = read_image_layout(image).vcfg_json
+    if args.pretty:
+        decoded = stored_json(data, source=str(args.image))
+        print(json.dumps(decoded, indent=2, ensure_ascii=False))
+    else:
+        sys.stdout.buffer.write(data + (b"\n" if sys.stdout.isatty() else b""))
+        sys.stdout.flush()
+    return 0
+
+
+def _config_set(args: argparse.Namespace) -> int:
+    image_format(args.image)  # a missing or unusable image is named before any VCFG problem
+    resolved = config.resolve(args.project, args.vcfg)
+    result = write_config(args.image, resolved.vcfg)
+    print(
+        f"{args.image}: VCFG set ({result.json_len} bytes, room for {result.area_bytes}; "
+        f"written {result.method})"
+    )
+    if result.kernel_args_changed:
+        print(f"kernel command line: {result.kernel_args}")
+    return 0
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    report = inspect_image(args.image)
+    if args.json:
+        print(json.dumps(report, indent=2, ensure_ascii=False))
+    else:
+        sys.stdout.write(render_text(report))
     return 0
 
 
