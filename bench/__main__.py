@@ -5,10 +5,11 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
-from bench import vcfg_codec
+from bench import build, vcfg_codec
 
 BENCHMARKS: dict[str, Callable[[], None]] = {
     "vcfg-codec": vcfg_codec.main,
+    "build": build.main,
 }
 
 

@@ -7,10 +7,11 @@ so the cache is keyed by content: a warm build runs apt-cache (local) but never 
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from imagekit.cache import BuildCache, key_of
@@ -36,13 +37,44 @@ class Package:
         return key_of("deb", self.name, self.version, self.sha256)
 
 
-def resolve(name: str) -> Package:
+APT_STATE = (Path("/var/lib/apt/lists"), Path("/etc/apt"))
+
+
+def resolve(name: str, *, cache: BuildCache | None = None) -> Package:
     """Look ``name`` up in the local package lists (no network)."""
-    return resolve_all([name])[name]
+    return resolve_all([name], cache=cache)[name]
 
 
-def resolve_all(names: Sequence[str]) -> dict[str, Package]:
-    """Look several packages up with one apt-cache call (each call costs ~1 s here)."""
+def _apt_signature() -> str:
+    """What apt's choice of candidate versions depends on: its lists and its settings."""
+    parts = []
+    for root in APT_STATE:
+        for path in sorted(root.rglob("*")) if root.is_dir() else ():
+            if path.is_file():
+                info = path.stat()
+                parts.append(f"{path}:{info.st_size}:{info.st_mtime_ns}")
+    return "\n".join(parts)
+
+
+def resolve_all(names: Sequence[str], *, cache: BuildCache | None = None) -> dict[str, Package]:
+    """Look several packages up with one apt-cache call (each call costs ~1 s here).
+
+    With a cache, the answer is kept until apt's package lists or settings change, so a
+    warm build runs no apt-cache at all.
+    """
+    if cache is None:
+        return _query(names)
+    key = key_of("apt-cache", _apt_signature(), *names)
+    stored = cache.blob(
+        key, lambda: json.dumps([asdict(p) for p in _query(names).values()]).encode()
+    )
+    packages = [
+        Package(**{**item, "depends": tuple(item["depends"])}) for item in json.loads(stored)
+    ]
+    return {package.name: package for package in packages}
+
+
+def _query(names: Sequence[str]) -> dict[str, Package]:
     try:
         output = run(["apt-cache", "show", "--no-all-versions", *names], hint=APT_HINT)
     except ToolFailed as err:

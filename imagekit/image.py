@@ -13,10 +13,12 @@ it is complete, so a failed build never leaves a half-written image at the outpu
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
 import shutil
+import stat
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -146,7 +148,8 @@ def build(
     runtime = build_runtime(cache)
     guest = build_guest(cache)
 
-    work = work_directory(request.output.parent.resolve() / ".imagekit-work")
+    work_root = request.output.parent.resolve() / ".imagekit-work"
+    work = work_directory(work_root)
     try:
         progress("root filesystem tree")
         staged = stage_root(work, runtime=runtime.tree, guest=guest, app_files=app_files)
@@ -157,6 +160,8 @@ def build(
         )
     finally:
         shutil.rmtree(work, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            work_root.rmdir()  # kept while another build in the same directory still uses it
 
 
 def _initramfs(kernel: Kernel, vcfg: VCFG, cache: BuildCache, mtime: int) -> bytes:
@@ -329,9 +334,9 @@ def _identity(
         for name in sorted(dirnames + filenames):
             path = Path(current) / name
             info = path.lstat()
-            digest.update(
-                f"{path.relative_to(staged.path)}\0{info.st_mode}\0{info.st_size}\0".encode()
-            )
+            # A directory's size is the host filesystem's business (tmpfs and ext4 differ).
+            size = 0 if stat.S_ISDIR(info.st_mode) else info.st_size
+            digest.update(f"{path.relative_to(staged.path)}\0{info.st_mode}\0{size}\0".encode())
     digest.update(str(request.source_date_epoch).encode())
 
     def derived(label: str) -> uuid.UUID:
@@ -356,7 +361,7 @@ def _write_os_area(
     sectors = total // gpt.SECTOR
     entries = [
         gpt.GptEntry(
-            type_guid=uuid.UUID(int=0),
+            type_guid=layout.OS_TYPE_GUID,
             unique_guid=identity.os_guid,
             first_lba=layout.OS_FIRST_LBA,
             last_lba=plan.last_lba,
@@ -406,9 +411,14 @@ def _pin_times(image: Path, offset: int, staged: StagedTree, epoch: int) -> None
         for path in guest_paths
         for field in ("atime", "mtime", "ctime")
     ]
+    # "Lifetime writes" counts mke2fs's writes, which depend on the host filesystem (what
+    # it can zero out without writing); start it from zero so only this session counts.
+    commands.append("ssv kbytes_written 0")
     script = image.with_name(image.name + ".debugfs")
     script.write_text("\n".join(commands) + "\n")
     try:
-        run(["debugfs", "-w", "-f", str(script), f"{image}?offset={offset}"])
+        # debugfs stamps the superblock's write time on close, unless the time is faked.
+        env = {**os.environ, "E2FSPROGS_FAKE_TIME": str(epoch)}
+        run(["debugfs", "-w", "-f", str(script), f"{image}?offset={offset}"], env=env)
     finally:
         script.unlink(missing_ok=True)

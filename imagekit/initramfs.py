@@ -270,7 +270,7 @@ def module_index(kernel: Kernel) -> dict[str, KernelModule]:
 
 def busybox_static(cache: BuildCache) -> Path:
     """The static busybox binary from Debian's ``busybox-static`` package."""
-    tree = debian.unpacked(debian.resolve(BUSYBOX_PACKAGE), cache)
+    tree = debian.unpacked(debian.resolve(BUSYBOX_PACKAGE, cache=cache), cache)
     binary = tree / "bin" / "busybox"
     if not binary.is_file():
         raise EnvironmentFailure(f"Debian package {BUSYBOX_PACKAGE} has no bin/busybox")

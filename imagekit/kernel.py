@@ -54,10 +54,10 @@ class Kernel:
 def debian_cloud_kernel(cache: BuildCache) -> Kernel:
     """Debian's current cloud kernel (the ABI package named by `CLOUD_METAPACKAGE`)."""
     with step("kernel: Debian cloud kernel"):
-        meta = debian.resolve(CLOUD_METAPACKAGE)
+        meta = debian.resolve(CLOUD_METAPACKAGE, cache=cache)
         if not meta.depends:
             raise EnvironmentFailure(f"Debian package {meta.name} names no kernel package")
-        package = debian.resolve(meta.depends[0])
+        package = debian.resolve(meta.depends[0], cache=cache)
         tree = debian.unpacked(package, cache)
         try:
             bzimage, release = _locate(tree)

@@ -21,7 +21,7 @@ from pathlib import Path, PurePosixPath
 
 from imagekit.errors import EnvironmentFailure, ToolFailed, UserError
 from imagekit.project import FileEntry
-from imagekit.tools import run
+from imagekit.tools import require, run
 
 log = logging.getLogger(__name__)
 
@@ -183,7 +183,7 @@ def make_filesystem(
         "-i",
         str(state),
         "--",
-        "mke2fs",
+        require("mke2fs"),  # fakeroot searches only PATH, which may lack /usr/sbin
         "-q",
         "-F",
         "-t",
@@ -214,9 +214,17 @@ def make_filesystem(
     try:
         run(argv, env=env, hint="mke2fs comes with e2fsprogs")
     except ToolFailed as err:
-        if "space" in err.output.lower() or "allocate" in err.output.lower():
+        if _filesystem_full(err.output):
             raise FilesystemFull(spec.size_bytes) from err
         raise
+
+
+def _filesystem_full(output: str) -> bool:
+    """Whether mke2fs ran out of room in the new filesystem (not on the host's disk)."""
+    text = output.lower()
+    if "no space left on device" in text:
+        return False  # ENOSPC from the host: a bigger filesystem would not help
+    return "could not allocate" in text or "no free space" in text
 
 
 class FilesystemFull(UserError):

@@ -235,7 +235,7 @@ def build_runtime(cache: BuildCache) -> Runtime:
     """The guest Python runtime tree, built once per set of package versions and tables."""
     # apt-cache rebuilds its package cache in memory on each call where none is kept on disk
     # (Debian's container images), so the lookups run side by side.
-    found = debian.resolve_all([entry.name for entry in PACKAGES])
+    found = debian.resolve_all([entry.name for entry in PACKAGES], cache=cache)
     packages = tuple(found[entry.name] for entry in PACKAGES)
     python_version = _upstream_version(packages[0].version)
     host_compiles = _host_can_compile(python_version)

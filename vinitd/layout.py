@@ -18,6 +18,9 @@ from vinitd.gpt import FIRST_USABLE_LBA, SECTOR, read_at
 
 ROOT_PARTUUID = UUID("4048447D-C09D-D111-B245-5FFDCE74FAD2")
 ROOT_TYPE_GUID = UUID("4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709")  # Linux root (x86-64)
+# vorteil left the OS partition's type GUID zero, which GPT tools read as an unused slot (and
+# a repair could overwrite the kernel there); "Linux reserved" tells them to leave it alone.
+OS_TYPE_GUID = UUID("8DA63339-0007-60C0-C436-083AC8230908")
 OS_PARTITION_NAME = "vorteil-os"
 ROOT_PARTITION_NAME = "vorteil-root"
 

@@ -118,10 +118,10 @@ def test_partition_starts_match_sgdisk(report: dict[str, Any], hello_image: Path
 
 
 def test_partitions_have_the_vorteil_identity(report: dict[str, Any]) -> None:
-    """Slot 0 is vorteil-os at LBA 34 with a zero type; slot 1 carries the fixed PARTUUID."""
+    """Slot 0 is vorteil-os at LBA 34 (type Linux reserved); slot 1 carries the fixed PARTUUID."""
     os_part, root = report["partition_table"]["partitions"]
     assert (os_part["index"], os_part["name"], os_part["first_lba"]) == (0, "vorteil-os", 34)
-    assert os_part["type_guid"] == str(uuid.UUID(int=0)).upper()
+    assert os_part["type_guid"] == str(layout.OS_TYPE_GUID).upper()
     assert (root["index"], root["name"]) == (1, "vorteil-root")
     assert root["unique_guid"] == ROOT_PARTUUID
     assert root["size"] == root["sectors"] * 512 == (root["last_lba"] - root["first_lba"] + 1) * 512
@@ -129,14 +129,12 @@ def test_partitions_have_the_vorteil_identity(report: dict[str, Any]) -> None:
 
 
 def test_libparted_agrees(report: dict[str, Any]) -> None:
-    """libparted reads the same table; it skips the zero-type OS partition, which is a note."""
+    """libparted reads the same table, both partitions, with nothing to note."""
     table = report["partition_table"]
     assert table["cross_check"]["agrees"] is True
     assert table["cross_check"]["reader"].startswith("libparted 3.5 (pyparted 3.13.0)")
-    assert [p["libparted"] for p in table["partitions"]] == [False, True]
-    (note,) = table["cross_check"]["notes"]
-    assert "partition 1 (vorteil-os)" in note
-    assert "type GUID is zero" in note
+    assert [p["libparted"] for p in table["partitions"]] == [True, True]
+    assert table["cross_check"]["notes"] == []
 
 
 def test_config_block_and_kernel_args(report: dict[str, Any], hello_image: Path) -> None:

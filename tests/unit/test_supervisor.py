@@ -16,6 +16,7 @@ from vinitd import powerbutton
 RUNNER = textwrap.dedent(
     """
     import json, os, signal, subprocess, sys, threading, time
+    from vinitd import console
     from vinitd.events import EventChannel
     from vinitd.supervisor import Supervisor
 
@@ -26,6 +27,7 @@ RUNNER = textwrap.dedent(
         def emit(self, kind, **fields):
             self.seen.append({"type": kind, **fields})
 
+    console.set_level("WARNING")  # the level vinitd reads from a `quiet` kernel's printk
     events = Recorder()
     sup = Supervisor(events, terminate_wait=float(sys.argv[2]))
     sup.install_signals()
