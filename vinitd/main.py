@@ -1,28 +1,55 @@
 """vinitd's entry point: PID 1 of the VM, as a list of stages and their steps.
 
-Stages run in order: pre-setup (pseudo filesystems, boot disk, VCFG), setup (signals, power
-button), post-setup, launch (every program); then the supervisor loop reaps the programs
-until none is left or a shutdown is asked for, and the VM powers off. Every stage reports
-itself on the event port (docs/events.md). Failure policy: an exception escaping a stage is
-fatal: it is reported on the console and the port, and the VM powers off with its disks
-synced. PID 1 never dies with a traceback (that would be a kernel panic).
+Each step has a failure policy: *fatal* steps stop the boot (the error is reported on the
+console and the event port, programs are stopped, disks synced, and the VM powers off);
+*degraded* steps warn and go on. The policy follows vorteil's (vinitd spec §12):
+
+    pre-setup   mounts (fatal), console and log level, boot disk and VCFG (fatal),
+                root remount options (degraded), disk growth (fatal)
+    setup       stdout mode, signals, power button, /sbin links (degraded), kernel version,
+                host name (degraded); then in parallel: network (fatal), system config
+                (degraded), /etc files (fatal unless read-only); then DHCP's search domains
+                and host name
+    post-setup  DNS cache, NFS, NTP, log shipping: not yet (the stage and its events stay)
+    launch      every program prepared (fatal), bootstraps run, programs started
+    then        the supervisor reaps programs until none is left or a shutdown is asked for
+
+PID 1 never dies with a traceback: that would be a kernel panic.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
 import sys
+import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vinitd import bootdisk, console, mounts, power, powerbutton, programs
+from vinitd import (
+    bootdisk,
+    console,
+    etcfiles,
+    mounts,
+    power,
+    powerbutton,
+    programs,
+    remount,
+    sysconfig,
+)
 from vinitd.events import EventChannel, find_port
 from vinitd.supervisor import Outcome, Supervisor
 from vinitd.vcfg import codec
 from vinitd.vcfg.model import VCFG
+from vinitd.vtty import Vtty
 
 DEFAULT_TERMINATE_WAIT_MS = 3000
+INIT_PATH = "/vorteil/vinitd"
+HELPERS = {"poweroff": signal.SIGPWR, "reboot": signal.SIGINT}
+FLUSH_SECONDS = 1.0
 
 
 @dataclass
@@ -30,10 +57,19 @@ class Boot:
     """What the stages share."""
 
     events: EventChannel
+    cmdline: str = ""
+    vtty: Vtty | None = None
     vcfg: VCFG = field(default_factory=VCFG)
     disk: Path | None = None
+    read_only: bool = False
+    hostname: str = ""
     supervisor: Supervisor | None = None
     button: int | None = None
+    values: programs.HypervisorValues = field(default_factory=programs.HypervisorValues)
+
+    @property
+    def console_fd(self) -> int:
+        return self.vtty.open_writer() if self.vtty is not None else 1
 
 
 def mount_base() -> None:
@@ -44,46 +80,144 @@ def mount_base() -> None:
 
 def pre_setup(boot: Boot) -> None:
     mount_base()
+    _dev_links()
     Path("/tmp").mkdir(exist_ok=True)
     Path("/tmp").chmod(0o1777)
     found = bootdisk.find_boot_disk()
     boot.disk = found.disk
     data = bootdisk.read_vcfg_from_disk(found.disk)
     boot.vcfg = codec.loads(data, source=f"{found.disk} (VCFG)")
+    words = boot.cmdline.split()
+    boot.read_only = "ro" in words
+    problem = remount.remount_root(cmdline=boot.cmdline)
+    if problem:
+        console.log_level("ERROR", problem)
+    from vinitd import growdisk  # only here: the ioctls and GPT code are needed once
+
+    growdisk.grow_disk(found.disk)
+    console.log_level("DEBUG", "pre-setup finished successfully")
+
+
+def _dev_links() -> None:
+    for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
+                         ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")):  # fmt: skip
+        with contextlib.suppress(OSError):
+            Path("/dev", name).symlink_to(target)
 
 
 def setup(boot: Boot) -> None:
-    wait_ms = boot.vcfg.system.terminate_wait
+    system = boot.vcfg.system
+    console.log_level("DEBUG", f"output mode: {system.stdout_mode or ''}")
+    if boot.vtty is not None:
+        boot.vtty.set_mode(system.stdout_mode)
+    wait_ms = system.terminate_wait
     if not wait_ms:
-        console.log_level("WARNING", "system.terminate-wait is empty, using 3000 ms")
+        console.log_level(
+            "WARNING",
+            "system.terminate-wait is empty. This suggests vorteil binary is out of date",
+        )
         wait_ms = DEFAULT_TERMINATE_WAIT_MS
-    boot.supervisor = Supervisor(boot.events, terminate_wait=wait_ms / 1000)
+    boot.supervisor = Supervisor(
+        boot.events, terminate_wait=wait_ms / 1000, console_fd=boot.console_fd
+    )
     boot.supervisor.install_signals()
+    _power_button(boot)
+    if not boot.read_only:
+        _helper_links()
     with contextlib.suppress(OSError):
         power.disable_ctrl_alt_del()
+    line = sysconfig.kernel_version_line()
+    if line:
+        console.log_always(line)
+    boot.hostname = sysconfig.choose_hostname(boot.vcfg)
+    _parallel_setup(boot)
+    console.log_level("DEBUG", "system setup successful")
+
+
+def _power_button(boot: Boot) -> None:
     device = powerbutton.find_device()
     if device is None:
         console.log_level("WARNING", "can not listen to power off (devices): no power button")
-    else:
+        return
+    try:
+        boot.button = powerbutton.open_device(device)
+    except OSError as err:
+        console.log_level("WARNING", f"can not listen to power off (dev): {err}")
+
+
+def _helper_links() -> None:
+    """/sbin/poweroff and /sbin/reboot run vinitd, which signals PID 1 (see `main`)."""
+    for name in HELPERS:
+        link = Path("/sbin", name)
         try:
-            boot.button = powerbutton.open_device(device)
+            link.parent.mkdir(mode=0o755, exist_ok=True)
+            if link.is_symlink() or link.exists():
+                link.unlink()
+            link.symlink_to(INIT_PATH)
         except OSError as err:
-            console.log_level("WARNING", f"can not listen to power off (dev): {err}")
+            console.log_level("WARNING", f"can not create {link}: {err}")
+
+
+def _parallel_setup(boot: Boot) -> None:
+    """Network (fatal), system config (degraded) and /etc (fatal) at once, then DHCP's extras."""
+    with ThreadPoolExecutor(max_workers=3, thread_name_prefix="setup") as pool:
+        network: Future[object] = pool.submit(_network, boot)
+        system = pool.submit(
+            sysconfig.configure_system, boot.vcfg, boot.hostname, cmdline=boot.cmdline
+        )
+        etc = None
+        if not boot.read_only:
+            etc = pool.submit(
+                etcfiles.write_etc, user=boot.vcfg.system.user, hostname=boot.hostname
+            )
+        result = network.result()
+        if etc is not None:
+            etc.result()
+        system.result()
+    search = getattr(result, "search", ())
+    if search:
+        etcfiles.append_search_domains(search, read_only=boot.read_only)
+    offered = getattr(result, "host_name", "")
+    if offered:
+        boot.hostname = sysconfig.apply_dhcp_hostname(
+            offered, boot.hostname, read_only=boot.read_only
+        )
+    interfaces = getattr(result, "interfaces", ())
+    boot.values = programs.HypervisorValues(
+        hostname=boot.hostname, ips=tuple(i.address for i in interfaces)
+    )
+
+
+def _network(boot: Boot) -> object:
+    if not boot.vcfg.network:
+        return None
+    from vinitd import network  # imported only when there is a network to set up
+
+    result = network.configure_network(boot.vcfg, events=boot.events, dhcp_host_name=boot.hostname)
+    console.log_level("DEBUG", "network configured")
+    return result
 
 
 def post_setup(boot: Boot) -> None:
-    """DNS cache, NFS, NTP and log shipping will live here; nothing to do yet."""
+    """DNS cache, NFS mounts, NTP and log shipping will live here."""
+    console.log_level("DEBUG", "post setup finished successfully")
 
 
 def launch(boot: Boot) -> None:
-    assert boot.supervisor is not None
-    specs = [programs.prepare(i, p, {}) for i, p in enumerate(boot.vcfg.program)]
+    supervisor = boot.supervisor
+    if supervisor is None:
+        raise RuntimeError("launch before setup")
+    base = programs.base_environment(boot.values)
+    specs = [programs.prepare(i, p, base) for i, p in enumerate(boot.vcfg.program)]
+    console.log_level("DEBUG", f"starting {len(specs)} programs")
+    from vinitd.bootstrap_run import bootstrap_in_background  # threads only when needed
+
     for spec in specs:
-        process = programs.start(spec)
-        boot.supervisor.add(spec.index, process, spec.terminate)
-        boot.events.emit(
-            "program", index=spec.index, state="started", pid=process.pid, argv=list(spec.argv)
-        )
+        supervisor.expect(spec.index)
+        if spec.bootstrap:
+            bootstrap_in_background(spec, supervisor.submit, events=boot.events)
+        else:
+            supervisor.submit(spec)
 
 
 STAGES: tuple[tuple[str, Callable[[Boot], None]], ...] = (
@@ -105,12 +239,15 @@ def run(boot: Boot) -> Outcome:
             boot.events.stage(name, "failed", message=str(err), error=type(err).__name__)
             return Outcome(power.Action.POWER_OFF, f"{name} failed")
         boot.events.stage(name, "finished")
-    assert boot.supervisor is not None
+    if boot.supervisor is None:
+        raise RuntimeError("no supervisor after setup")
     return boot.supervisor.run(button=boot.button)
 
 
 def shutdown(boot: Boot, outcome: Outcome) -> None:
     console.log_always("shutting down system")
+    if boot.vtty is not None:
+        boot.vtty.flush(FLUSH_SECONDS)
     power.sync_disks()
     with contextlib.suppress(OSError):
         mounts.remount_readonly("/")
@@ -119,10 +256,26 @@ def shutdown(boot: Boot, outcome: Outcome) -> None:
     power.reboot(outcome.action)
 
 
+def signal_init(name: str) -> int:
+    """``/sbin/poweroff`` and ``/sbin/reboot``: ask PID 1 to shut down (matched on basename)."""
+    try:
+        os.kill(1, HELPERS[name])
+    except OSError as err:
+        print(f"can not send signal to process 1: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def main() -> int:
+    invoked = Path(sys.argv[0]).name if sys.argv else ""
+    if os.getpid() != 1 and invoked in HELPERS:
+        return signal_init(invoked)
     with contextlib.suppress(OSError):
         mount_base()  # early, for /sys and the event port; pre-setup reports a failure
     boot = Boot(events=EventChannel(find_port()))
+    with contextlib.suppress(OSError):
+        boot.cmdline = Path("/proc/cmdline").read_text().strip()
+    _start_console(boot)
     try:
         outcome = run(boot)
     except Exception as err:  # a bug in vinitd itself: still report it and power off
@@ -133,8 +286,21 @@ def main() -> int:
         shutdown(boot, outcome)
     except OSError as err:
         console.log_level("ERROR", f"can not power off: {err}")
+        time.sleep(1)
         return 1
     return 0
+
+
+def _start_console(boot: Boot) -> None:
+    console.configure_level()
+    try:
+        vtty = Vtty()
+        vtty.start()
+    except OSError as err:
+        console.log_always(f"can not setup logging: {err}")
+        return
+    boot.vtty = vtty
+    console.set_output(vtty.open_writer())
 
 
 if __name__ == "__main__":

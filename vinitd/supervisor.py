@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import os
+import queue
 import selectors
 import signal
 import subprocess
@@ -19,9 +20,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from vinitd import console, powerbutton
+from vinitd import console, powerbutton, programs
 from vinitd.events import EventChannel
 from vinitd.power import Action
+from vinitd.programs import LaunchSpec
 
 # Go's descriptions of signals, which vorteil prints (`finished with signal: terminated`).
 SIGNAL_TEXT = {
@@ -75,8 +77,31 @@ class Supervisor:
     events: EventChannel
     terminate_wait: float = 3.0
     clock: Callable[[], float] = time.monotonic
+    console_fd: int = 1
     programs: dict[int, Running] = field(default_factory=dict)
+    pending: set[int] = field(default_factory=set)
     _wakeup: tuple[int, int] | None = None
+    _launches: queue.SimpleQueue[LaunchSpec] = field(default_factory=queue.SimpleQueue)
+    _launch_pipe: tuple[int, int] = field(
+        default_factory=lambda: os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    )
+    _stopping: bool = False
+
+    def expect(self, index: int) -> None:
+        """Program ``index`` will be submitted later (its bootstrap is running)."""
+        self.pending.add(index)
+
+    def submit(self, spec: LaunchSpec) -> None:
+        """Ask the loop to start ``spec``; safe from any thread (bootstrap threads use it).
+
+        Programs are started on the loop's thread only: a child started elsewhere could be
+        reaped by waitpid(-1) before it is registered, and its status would be lost.
+        """
+        if self._stopping:
+            return
+        self._launches.put(spec)
+        with contextlib.suppress(BlockingIOError):
+            os.write(self._launch_pipe[1], b"\0")
 
     def install_signals(self) -> None:
         """Route the handled signals into the loop through a wakeup pipe."""
@@ -99,10 +124,11 @@ class Supervisor:
             selector.register(self._wakeup[0], selectors.EVENT_READ, "signals")
         if button is not None:
             selector.register(button, selectors.EVENT_READ, "button")
-        requested: Outcome | None = None
+        selector.register(self._launch_pipe[0], selectors.EVENT_READ, "launch")
+        requested: Outcome | None = self._start_submitted()
         self.reap()
         while requested is None:
-            if not self.running():
+            if not self.running() and not self.pending:
                 console.log_always("no programs still running")
                 outcome = Outcome(Action.POWER_OFF, "no programs still running")
                 self._begin(outcome)
@@ -111,14 +137,38 @@ class Supervisor:
             for key, _ in selector.select():
                 requested = requested or self._handle(key.data, key.fd)
             self.reap()
+        self._stopping = True
         self.terminate_all(requested, selector)
         return requested
+
+    def _start_submitted(self) -> Outcome | None:
+        """Start every submitted program; a start failure is fatal, as in vorteil."""
+        while True:
+            try:
+                spec = self._launches.get_nowait()
+            except queue.Empty:
+                return None
+            self.pending.discard(spec.index)
+            try:
+                process = programs.start(spec, console_fd=self.console_fd)
+            except programs.LaunchError as err:
+                console.log_level("ERROR", f"starting program failed: {err}")
+                self.events.emit("program", index=spec.index, state="failed", message=str(err))
+                return Outcome(Action.POWER_OFF, f"program {spec.index} failed to start")
+            self.add(spec.index, process, spec.terminate)
+            self.events.emit(
+                "program", index=spec.index, state="started", pid=process.pid, argv=list(spec.argv)
+            )
+            if not self.pending:
+                console.log_level("DEBUG", "all apps started")
 
     def _handle(self, source: str, fd: int) -> Outcome | None:
         try:
             data = os.read(fd, 4096)
         except BlockingIOError:
             return None
+        if source == "launch":
+            return self._start_submitted()
         if source == "button":
             return Outcome(Action.POWER_OFF, "power button") if powerbutton.pressed(data) else None
         for signum in data:
