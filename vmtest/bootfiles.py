@@ -2,6 +2,7 @@
 
 Direct kernel boot (``-kernel/-initrd/-append``) needs them as files; they are extracted
 into a directory, named after the image's content so repeated boots reuse them.
+`read_vcfg_json` and `read_vcfg` read the image's VCFG, which sizes the VM.
 
     python -m vmtest.bootfiles IMAGE [--boot]
 
@@ -20,7 +21,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vinitd import bundle, layout
-from vinitd.errors import LayoutError
+from vinitd.errors import LayoutError, VinitdError
+from vinitd.vcfg import codec
+from vinitd.vcfg.model import VCFG
+from vmtest.errors import ImageUnsupported
+
+QCOW2_MAGIC = b"QFI\xfb"
 
 
 @dataclass(frozen=True)
@@ -55,6 +61,35 @@ def extract(image: Path, directory: Path | None = None) -> BootFiles:
     return files
 
 
+def read_vcfg_json(image: Path) -> bytes:
+    """The VCFG JSON stored in ``image``, undecoded; ImageUnsupported unless it is a raw
+    vorteil image."""
+    source = str(image)
+    try:
+        with image.open("rb") as handle:
+            if handle.read(len(QCOW2_MAGIC)) == QCOW2_MAGIC:
+                raise ImageUnsupported(
+                    "a qcow2 image; direct boot reads raw images",
+                    source=source,
+                    hint=f"qemu-img convert -O raw {image} {image.with_suffix('.raw')}",
+                )
+            handle.seek(0)
+            return layout.read_vcfg_json(handle)
+    except OSError as err:
+        raise ImageUnsupported(f"cannot read: {err.strerror}", source=source) from err
+    except LayoutError as err:
+        raise ImageUnsupported(err.problem, source=source) from err
+
+
+def read_vcfg(image: Path) -> VCFG:
+    """The VCFG stored in ``image``; ImageUnsupported if it cannot be read or decoded."""
+    data = read_vcfg_json(image)
+    try:
+        return codec.loads(data)
+    except VinitdError as err:
+        raise ImageUnsupported(f"VCFG: {err}", source=str(image)) from err
+
+
 def console_argv(files: BootFiles, *, memory_mib: int = 256) -> list[str]:
     """QEMU under TCG with the serial console on stdio and the disk as a snapshot."""
     return [
@@ -69,7 +104,8 @@ def console_argv(files: BootFiles, *, memory_mib: int = 256) -> list[str]:
         "-append", files.cmdline,
         "-drive", f"file={files.image},if=virtio,format=raw,snapshot=on",
         "-device", "virtio-rng-pci",
-        "-nic", "user,model=virtio-net-pci",
+        "-netdev", "user,id=net0",
+        "-device", "virtio-net-pci,netdev=net0,romfile=",
     ]  # fmt: skip
 
 
@@ -87,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"kernel: {files.kernel}\ninitrd: {files.initrd}\ncmdline: {files.cmdline}")
         return 0
     command = console_argv(files)
-    os.execvp(command[0], command)
+    os.execvp(command[0], command)  # noqa: S606 - an argv list; QEMU replaces this process
 
 
 if __name__ == "__main__":
