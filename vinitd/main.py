@@ -46,6 +46,7 @@ from vinitd.vcfg import codec
 from vinitd.vcfg.model import VCFG
 from vinitd.vtty import Vtty
 
+VERSION = "0.1.0"
 DEFAULT_TERMINATE_WAIT_MS = 3000
 INIT_PATH = "/vorteil/vinitd"
 HELPERS = {"poweroff": signal.SIGPWR, "reboot": signal.SIGINT}
@@ -237,11 +238,20 @@ def run(boot: Boot) -> Outcome:
         except Exception as err:  # PID 1 reports every failure, then powers off
             console.log_level("ERROR", f"can not run {name}: {err}")
             boot.events.stage(name, "failed", message=str(err), error=type(err).__name__)
-            return Outcome(power.Action.POWER_OFF, f"{name} failed")
+            outcome = Outcome(power.Action.POWER_OFF, f"{name} failed")
+            _begin_shutdown(boot, outcome)
+            return outcome
         boot.events.stage(name, "finished")
     if boot.supervisor is None:
         raise RuntimeError("no supervisor after setup")
     return boot.supervisor.run(button=boot.button)
+
+
+def _begin_shutdown(boot: Boot, outcome: Outcome) -> None:
+    """The first shutdown lines when no supervisor loop ran (a stage or vinitd failed)."""
+    console.log_always("shutting down applications")
+    action = outcome.action.name.lower()
+    boot.events.emit("shutdown", state="begun", action=action, reason=outcome.reason)
 
 
 def shutdown(boot: Boot, outcome: Outcome) -> None:
@@ -273,6 +283,7 @@ def main() -> int:
     with contextlib.suppress(OSError):
         mount_base()  # early, for /sys and the event port; pre-setup reports a failure
     boot = Boot(events=EventChannel(find_port()))
+    boot.events.emit("init", state="started", pid=os.getpid(), version=VERSION)
     with contextlib.suppress(OSError):
         boot.cmdline = Path("/proc/cmdline").read_text().strip()
     _start_console(boot)
@@ -282,6 +293,7 @@ def main() -> int:
         console.log_level("ERROR", f"vinitd failed: {type(err).__name__}: {err}")
         boot.events.emit("failure", message=str(err), error=type(err).__name__)
         outcome = Outcome(power.Action.POWER_OFF, "vinitd failed")
+        _begin_shutdown(boot, outcome)
     try:
         shutdown(boot, outcome)
     except OSError as err:

@@ -153,7 +153,13 @@ class Supervisor:
                 process = programs.start(spec, console_fd=self.console_fd)
             except programs.LaunchError as err:
                 console.log_level("ERROR", f"starting program failed: {err}")
-                self.events.emit("program", index=spec.index, state="failed", message=str(err))
+                self.events.emit(
+                    "program",
+                    index=spec.index,
+                    state="failed",
+                    message=str(err),
+                    error=type(err).__name__,
+                )
                 return Outcome(Action.POWER_OFF, f"program {spec.index} failed to start")
             self.add(spec.index, process, spec.terminate)
             self.events.emit(
