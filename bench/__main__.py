@@ -5,11 +5,12 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
-from bench import build, vcfg_codec
+from bench import boot, build, vcfg_codec
 
 BENCHMARKS: dict[str, Callable[[], None]] = {
     "vcfg-codec": vcfg_codec.main,
     "build": build.main,
+    "boot": boot.main,
 }
 
 
