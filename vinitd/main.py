@@ -64,6 +64,8 @@ class Boot:
     disk: Path | None = None
     read_only: bool = False
     hostname: str = ""
+    dhcp_dns: tuple[str, ...] = ()
+    search: tuple[str, ...] = ()
     supervisor: Supervisor | None = None
     button: int | None = None
     values: programs.HypervisorValues = field(default_factory=programs.HypervisorValues)
@@ -82,8 +84,9 @@ def mount_base() -> None:
 def pre_setup(boot: Boot) -> None:
     mount_base()
     _dev_links()
-    Path("/tmp").mkdir(exist_ok=True)
-    Path("/tmp").chmod(0o1777)
+    with contextlib.suppress(OSError):  # a read-only root keeps the image's /tmp (vorteil too)
+        Path("/tmp").mkdir(mode=0o1777, exist_ok=True)
+        Path("/tmp").chmod(0o1777)
     found = bootdisk.find_boot_disk()
     boot.disk = found.disk
     data = bootdisk.read_vcfg_from_disk(found.disk)
@@ -169,15 +172,17 @@ def _parallel_setup(boot: Boot) -> None:
         etc = None
         if not boot.read_only:
             etc = pool.submit(
-                etcfiles.write_etc, user=boot.vcfg.system.user, hostname=boot.hostname
+                etcfiles.write_etc,
+                user=boot.vcfg.system.user,
+                hostname=boot.hostname,
+                dns_local=False,  # resolv.conf is written by post-setup's DNS step
             )
         result = network.result()
         if etc is not None:
             etc.result()
         system.result()
-    search = getattr(result, "search", ())
-    if search:
-        etcfiles.append_search_domains(search, read_only=boot.read_only)
+    boot.search = tuple(getattr(result, "search", ()))
+    boot.dhcp_dns = tuple(getattr(result, "dns", ()))
     offered = getattr(result, "host_name", "")
     if offered:
         boot.hostname = sysconfig.apply_dhcp_hostname(
@@ -200,8 +205,49 @@ def _network(boot: Boot) -> object:
 
 
 def post_setup(boot: Boot) -> None:
-    """DNS cache, NFS mounts, NTP and log shipping will live here."""
+    """DNS; the DNS cache, NFS mounts, NTP and log shipping will live here too."""
+    _dns(boot)
     console.log_level("DEBUG", "post setup finished successfully")
+
+
+def _dns(boot: Boot) -> None:
+    """The name servers: DHCP's if it gave any, else ``system.dns`` (vinitd spec §8.2).
+
+    Until the local DNS cache exists, resolv.conf names the servers themselves (vorteil
+    pointed it at its cache on 127.0.0.1). An image's own resolv.conf is left alone, apart
+    from DHCP's search domains.
+    """
+    servers = list(boot.dhcp_dns) or _configured_dns(boot)
+    console.log_always(f"dns\t\t: {', '.join(servers) if servers else 'none'}")
+    if boot.read_only:
+        return
+    path = Path("/etc/resolv.conf")
+    if path.exists():
+        etcfiles.append_search_domains(boot.search)
+        return
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()  # a dangling link (Debian's points into /run)
+    path.write_text(etcfiles.resolv_conf(servers, boot.search))
+    path.chmod(0o644)
+
+
+def _configured_dns(boot: Boot) -> list[str]:
+    """``system.dns`` with ``$KEY`` substituted; entries that are not IP addresses dropped."""
+    import ipaddress  # only on this path
+
+    from vinitd import shellwords
+
+    values = programs.base_environment(boot.values)
+    servers: list[str] = []
+    for entry in boot.vcfg.system.dns:
+        text = shellwords.substitute(entry, values)
+        try:
+            ipaddress.ip_address(text)
+        except ValueError:
+            continue
+        if text not in servers:
+            servers.append(text)
+    return servers
 
 
 def launch(boot: Boot) -> None:

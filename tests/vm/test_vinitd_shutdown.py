@@ -1,0 +1,56 @@
+"""vinitd's shutdown in a VM: the power button stops the programs, then the disk is clean."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from imagetools import debugfs, root_offset, tool
+from projects.probe_vm import Probe
+
+pytestmark = pytest.mark.vm
+pytest_plugins = ("projects.probe_vm",)
+
+SAVED = "/data/saved.txt"
+SAVED_TEXT = "saved on SIGTERM\n"  # what the probe writes (probe/app/probe.py)
+
+SAVES_ON_SIGTERM = f"""
+[[program]]
+binary = "/usr/bin/python3"
+args = "/app/probe.py on-term:{SAVED} wait"
+"""
+
+
+def test_the_power_button_lets_the_program_save_its_work(probe: Probe) -> None:
+    """QMP system_powerdown while the program waits: it gets SIGTERM, saves a file and exits;
+    vinitd says so, powers off, and the file is on a clean filesystem."""
+    image = probe.image(SAVES_ON_SIGTERM)
+    vm = probe.start(image, writable=True)
+    vm.wait_for_console(r'^PROBE .*"fact": "on-term"')
+
+    vm.powerdown()
+    assert vm.wait_for_shutdown() == 0
+
+    pid = next(e for e in vm.events if e.is_program(0, "started"))["pid"]
+    stamp = r"^\[\d+\.\d{6}\] "
+    expected = [
+        "shutting down applications",
+        rf"program\[0\] pid\[{pid}\] - sending signal 'terminated'",
+        rf"program\[0\] pid\[{pid}\] finished with exit status 0",
+        "applications terminated",
+        "shutting down system",
+    ]
+    position = 0
+    for line in expected:
+        found = re.compile(stamp + line + "$", re.MULTILINE).search(vm.console, position)
+        assert found, f"{line!r} missing after byte {position}:\n{vm.console}"
+        position = found.end()
+    assert probe.fact(vm, "saved", SAVED) == "SIGTERM"
+    begun = next(e for e in vm.events if e.type == "shutdown")
+    assert (begun["action"], begun["reason"]) == ("power_off", "power button")
+    (exited,) = [e for e in vm.events if e.is_program(0, "exited")]
+    assert exited.exit_status == 0
+
+    checked = tool(["e2fsck", "-fn", f"{image}?offset={root_offset(image)}"], check=False)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert debugfs(image, f"cat {SAVED}") == SAVED_TEXT
