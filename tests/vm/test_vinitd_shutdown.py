@@ -54,3 +54,26 @@ def test_the_power_button_lets_the_program_save_its_work(probe: Probe) -> None:
     checked = tool(["e2fsck", "-fn", f"{image}?offset={root_offset(image)}"], check=False)
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert debugfs(image, f"cat {SAVED}") == SAVED_TEXT
+
+
+@pytest.mark.parametrize(
+    ("helper", "action", "reason"),
+    [("poweroff", "power_off", "SIGPWR"), ("reboot", "restart", "SIGINT")],
+)
+def test_sbin_helpers_signal_the_init(probe: Probe, helper: str, action: str, reason: str) -> None:
+    """A program running /sbin/poweroff or /sbin/reboot asks PID 1 to shut down (SIGPWR or
+    SIGINT); the links call vinitd, which sends the signal when it is not PID 1."""
+    image = probe.image(
+        f"""
+[[program]]
+binary = "/usr/bin/python3"
+args = "-c 'import subprocess, time; subprocess.run([\\"/sbin/{helper}\\"]); time.sleep(600)'"
+"""
+    )
+    vm = probe.start(image)
+    assert vm.wait_for_shutdown() == 0
+    begun = next(e for e in vm.events if e.type == "shutdown")
+    assert (begun["action"], begun["reason"]) == (action, reason)
+    assert "sending signal 'terminated'" in vm.console
+    (exited,) = [e for e in vm.events if e.is_program(0, "exited")]
+    assert exited["signal"] == "SIGTERM"
