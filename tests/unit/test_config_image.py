@@ -14,12 +14,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from imagetools import built_hello
 
 from imagekit import config, imagefile
-from imagekit.cache import BuildCache
 from imagekit.cmdline import kernel_command_line
 from imagekit.errors import EnvironmentFailure
-from imagekit.image import BuildRequest, build
 from imagekit.tools import require
 from vinitd import layout
 from vinitd.vcfg import codec
@@ -40,18 +39,9 @@ def require_tools() -> None:
 
 
 @pytest.fixture(scope="session")
-def hello_image(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """examples/hello built once per session; test_inspect.py finds the same file."""
-    output = tmp_path_factory.getbasetemp() / "imagekit-hello" / "hello.raw"
-    if not output.exists():
-        require_tools()
-        output.parent.mkdir(exist_ok=True)
-        with BuildCache() as cache:
-            try:
-                build(BuildRequest(spec=str(HELLO), output=output), cache=cache)
-            except EnvironmentFailure as err:
-                pytest.skip(f"cannot build examples/hello: {err.message}")
-    return output
+def hello_image(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """examples/hello, built once per session for every test module that needs it."""
+    return built_hello(request.config, tmp_path_factory).path
 
 
 @pytest.fixture

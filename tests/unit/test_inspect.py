@@ -18,11 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from imagetools import built_hello
 
 from imagekit import config
-from imagekit.cache import BuildCache
 from imagekit.errors import EnvironmentFailure
-from imagekit.image import BuildRequest, build
 from imagekit.inspect import SeenPartition, compare_partitions
 from imagekit.tools import require
 from vinitd import bundle, gpt, layout
@@ -42,18 +41,9 @@ def require_tools() -> None:
 
 
 @pytest.fixture(scope="session")
-def hello_image(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """examples/hello built once per session; test_config_image.py finds the same file."""
-    output = tmp_path_factory.getbasetemp() / "imagekit-hello" / "hello.raw"
-    if not output.exists():
-        require_tools()
-        output.parent.mkdir(exist_ok=True)
-        with BuildCache() as cache:
-            try:
-                build(BuildRequest(spec=str(HELLO), output=output), cache=cache)
-            except EnvironmentFailure as err:
-                pytest.skip(f"cannot build examples/hello: {err.message}")
-    return output
+def hello_image(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """examples/hello, built once per session for every test module that needs it."""
+    return built_hello(request.config, tmp_path_factory).path
 
 
 @pytest.fixture(scope="session")
