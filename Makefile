@@ -13,7 +13,7 @@ IMAGE := build/hello.raw
 run: setup
 	$(VENV)/bin/imagekit config render examples/hello --pretty
 	$(VENV)/bin/imagekit build examples/hello -o $(IMAGE) --force
-	$(PY) -m vmtest.bootfiles $(IMAGE) --boot
+	$(VENV)/bin/vmtest run $(IMAGE) --console
 
 test: setup
 	$(PYTEST) tests

@@ -5,12 +5,13 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
-from bench import boot, build, vcfg_codec
+from bench import boot, build, vcfg_codec, vmtest_overhead
 
 BENCHMARKS: dict[str, Callable[[], None]] = {
     "vcfg-codec": vcfg_codec.main,
     "build": build.main,
     "boot": boot.main,
+    "vmtest": vmtest_overhead.main,
 }
 
 

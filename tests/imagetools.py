@@ -119,6 +119,22 @@ def built_hello(config: pytest.Config, factory: pytest.TempPathFactory) -> Built
     return config.stash[_HELLO_KEY]
 
 
+def qemu_processes(marker: str) -> list[str]:
+    """Command lines of running QEMUs that mention ``marker`` (a test's own path)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            words = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        line = b" ".join(words).decode(errors="replace")
+        if words and b"qemu-system" in words[0] and marker in line:
+            found.append(line)
+    return found
+
+
 def read_partitions(image: Path) -> tuple[gpt.GptHeader, list[gpt.GptEntry]]:
     with image.open("rb") as handle:
         return gpt.read_gpt(handle, source=str(image))

@@ -9,6 +9,9 @@
 
 `Machine` is the API; `vmtest.failures` holds what its waits raise, `vmtest.events` the event
 protocol's host side (docs/events.md) and `vmtest.errors` the root of the exception tree.
+`vmtest.scenario`, `vmtest.runner` and `vmtest.report` make the ``vmtest run`` command
+(`vmtest.cli`); `vmtest.repro` writes repro bundles; `vmtest.pytest_plugin` gives pytest the
+``vm_factory`` fixture (docs/vmtest.md).
 """
 
 from vmtest.accel import Accel
@@ -19,11 +22,13 @@ from vmtest.errors import (
     ImageUnsupported,
     MachineOptionError,
     QmpError,
+    ScenarioError,
     VmtestError,
 )
 from vmtest.events import Event, StageSpan, StageState, format_timeline
 from vmtest.failures import (
     EventProtocolError,
+    ExpectationFailed,
     InitCrashed,
     KernelPanic,
     MachineFailure,
@@ -51,6 +56,7 @@ __all__ = [
     "Deadlines",
     "Event",
     "EventProtocolError",
+    "ExpectationFailed",
     "ImageUnsupported",
     "InitCrashed",
     "KernelPanic",
@@ -66,6 +72,7 @@ __all__ = [
     "QemuStartFailed",
     "QmpError",
     "QmpEvent",
+    "ScenarioError",
     "ShutdownHung",
     "Stage0Failed",
     "StageFailed",

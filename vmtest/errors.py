@@ -6,6 +6,7 @@ VmtestError
  +-- ImageUnsupported      an image vmtest cannot boot (not raw, no vorteil layout)
  +-- MachineOptionError    a Machine option with an impossible value (cpus=0, boot="pxe")
  +-- QmpError              a QMP command that failed or could not be sent
+ +-- ScenarioError         a scenario file that cannot be read, or a key in it that is wrong
  +-- MachineFailure        the VM did not do what was awaited (see `vmtest.failures`)
 
 Setup errors are raised before QEMU starts and name the input that is wrong. Boot failures
@@ -53,3 +54,14 @@ class QmpError(VmtestError):
 
 class MachineOptionError(VmtestError, ValueError):
     """A Machine option with a value that cannot work; names the option."""
+
+
+class ScenarioError(VmtestError):
+    """A scenario file (`vmtest.scenario`) that cannot be used; names the file and the key."""
+
+    def __init__(self, problem: str, *, source: str | None, key: str = "") -> None:
+        self.problem = problem
+        self.source = source
+        self.key = key
+        where = ": ".join(part for part in (source, key) if part)
+        super().__init__(f"{where}: {problem}" if where else problem)

@@ -24,6 +24,7 @@ from vinitd.events import PORT_NAME, PROTOCOL_VERSION
 __all__ = [
     "PORT_NAME",
     "PROTOCOL_VERSION",
+    "STAGES",
     "Event",
     "EventStream",
     "EventType",
@@ -35,6 +36,9 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+# vinitd's boot stages, in the order it runs them (docs/events.md).
+STAGES = ("pre-setup", "setup", "post-setup", "launch")
 
 
 class EventType(enum.StrEnum):

@@ -17,6 +17,8 @@ MachineFailure                      (a VmtestError)
  +-- ShutdownHung                   QEMU still ran when the shutdown deadline passed
  |    +-- StillRunningAfterPowerOff ... although the guest had begun to power off
  +-- EventProtocolError             the guest speaks another version of the event protocol
+ +-- ExpectationFailed              a scenario's expectation was not met (console text missing,
+                                    a stage reached that should not be, another exit status)
 
 Every failure's message starts with a one-line summary, then shows the VM, its accelerator,
 how long after QEMU's start it gave up, the last event and the console's last lines. The
@@ -308,3 +310,15 @@ class EventProtocolError(MachineFailure):
     def __init__(self, problem: str, *, context: FailureContext | None = None) -> None:
         self.problem = problem
         super().__init__(f"event protocol mismatch: {problem}", context=context)
+
+
+class ExpectationFailed(MachineFailure):
+    """The boot went its way, but not the way a scenario (`vmtest.scenario`) expected:
+    ``expectation`` says what was expected, ``seen`` what happened instead."""
+
+    def __init__(
+        self, expectation: str, seen: str, *, context: FailureContext | None = None
+    ) -> None:
+        self.expectation = expectation
+        self.seen = seen
+        super().__init__(f"expected {expectation}; {seen}", context=context)

@@ -86,6 +86,7 @@ class SocketTap:
         self._on_data = on_data
         self._on_close = on_close
         self._server: asyncio.Server | None = None
+        self._writer: asyncio.StreamWriter | None = None
         self.connected = threading.Event()
         self.ended = threading.Event()
 
@@ -101,15 +102,27 @@ class SocketTap:
             writer.close()
             return
         self.connected.set()
+        self._writer = writer
         try:
             while data := await reader.read(READ_SIZE):
                 self._on_data(data)
         except (ConnectionError, OSError) as err:
             log.debug("%s: read ended: %s", self.name, err)
         finally:
+            self._writer = None
             self.ended.set()
             self._on_close()
             writer.close()
+
+    def write(self, data: bytes, timeout: float = 5.0) -> None:
+        """Send ``data`` to the connected client; ConnectionError if there is none."""
+        self._io.run(self._write(data), timeout)
+
+    async def _write(self, data: bytes) -> None:
+        if self._writer is None:
+            raise ConnectionError(f"{self.name}: no client connected")
+        self._writer.write(data)
+        await self._writer.drain()
 
     def close(self, timeout: float = 5.0) -> None:
         """Stop listening; a connection still open ends when its peer closes or the loop stops."""

@@ -132,7 +132,9 @@ class Machine:
     ``memory_mib`` and ``cpus`` override the VCFG's ``[vm]``; ``writable`` boots the image
     itself rather than a snapshot; ``forward_ports`` forwards every port the VCFG's
     ``[[network]]`` sections declare (see `forwards`); ``extra_kernel_args`` are added to the
-    image's kernel command line (later words win: ``init=/nope`` replaces the image's init).
+    image's kernel command line (later words win: ``init=/nope`` replaces the image's init);
+    ``extra_arguments`` are QEMU options added at the end of the command, each with its reason
+    (``Argument("-S", None, "start paused for gdb")``).
     An image whose VCFG does not decode still boots (vinitd's refusal may be the test): the
     Machine warns, keeps the problem in ``vcfg_problem`` and uses vmtest's defaults.
     ``workdir`` keeps ``console.log`` and ``qemu.stderr`` (default: a temporary directory,
@@ -154,6 +156,7 @@ class Machine:
         name: str | None = None,
         timeout_scale: float | None = None,
         extra_kernel_args: Sequence[str] = (),
+        extra_arguments: Sequence[Argument] = (),
     ) -> None:
         self.image = Path(image)
         self.boot = _choice(BootMode, boot, "boot")
@@ -172,6 +175,7 @@ class Machine:
         self.writable = writable
         self.forward_ports = forward_ports
         self.extra_kernel_args = tuple(extra_kernel_args)
+        self.extra_arguments = tuple(extra_arguments)
         self.log = log.getChild(self.name)
         if self.vcfg_problem:
             self.log.warning(
@@ -213,6 +217,11 @@ class Machine:
     def accel(self) -> Accel:
         """The accelerator in use (for "auto": the probe's decision)."""
         return self._planned().decision.accel
+
+    @property
+    def accel_reason(self) -> str:
+        """Why that accelerator: requested, or what the probe found."""
+        return self._planned().decision.reason
 
     @property
     def timeout_scale(self) -> float:
@@ -274,7 +283,7 @@ class Machine:
             networks=networks,
             sockets=self._socket_paths(workdir),
         )
-        return _Plan(spec, command.build(spec), workdir)
+        return _Plan(spec, command.build(spec) + self.extra_arguments, workdir)
 
     def _socket_paths(self, workdir: Path) -> Sockets:
         directory = workdir.resolve()
@@ -412,6 +421,10 @@ class Machine:
         for tap in self._taps:
             tap.close()
         self._finalizer()
+        if self._plan is not None:  # a killed QEMU leaves its QMP socket behind
+            sockets = self._plan.spec.sockets
+            for path in (sockets.console, sockets.events, sockets.qmp):
+                path.unlink(missing_ok=True)
         if self._watch is not None:
             with self._watch.changed:
                 self._watch.console.close(self._watch.clock())
@@ -506,6 +519,15 @@ class Machine:
         """Reset the VM (QMP ``system_reset``); with ``-no-reboot`` QEMU then exits."""
         self.log.info("resetting")
         self.qmp("system_reset")
+
+    def write_console(self, data: bytes) -> None:
+        """Send ``data`` to the serial console, as if typed on the guest's ttyS0."""
+        if not self._taps:
+            raise VmtestError(f"{self.name}: not started (call start() or use `with`)")
+        try:
+            self._taps[0].write(data, timeout=self.scaled(DEADLINES.command))
+        except (OSError, TimeoutError) as err:
+            raise VmtestError(f"{self.name}: cannot write to the console: {err}") from err
 
     # -- waits -----------------------------------------------------------------------------
 
