@@ -146,7 +146,8 @@ def test_an_expected_exit_status_passes(hello: Path, tmp_path: Path) -> None:
 
 def test_a_missing_binary_fails_and_leaves_a_repro_bundle(hello: Path, tmp_path: Path) -> None:
     """[vcfg] makes program 0's binary missing: ProgramFailed, exit 1, a bundle in a temporary
-    directory whose repro.sh boots the scenario's copy; the built image is unchanged."""
+    directory whose repro.sh boots the scenario's copy again, to the same failure, with the
+    console on its stdout; the built image is unchanged."""
     before = sha256(hello)
     result = run(str(hello), "--scenario", scenario(tmp_path, MISSING_BINARY), "--json")
     assert result.returncode == 1, result.stdout + result.stderr
@@ -171,6 +172,14 @@ def test_a_missing_binary_fails_and_leaves_a_repro_bundle(hello: Path, tmp_path:
         assert summary["failure"]["class"] == "ProgramFailed"
         assert (bundle / "failure.txt").read_text().startswith("ProgramFailed: program[0]")
         assert "/nonexistent/app" in (bundle / "console.log").read_text()
+
+        again = subprocess.run(
+            [str(script)], capture_output=True, text=True, timeout=600, check=False
+        )
+        assert again.returncode == 0, again.stderr
+        assert "starting program failed: /nonexistent/app application missing" in again.stdout
+        assert "reboot: Power down" in again.stdout
+        assert "changed since the run" not in again.stderr
     finally:
         shutil.rmtree(bundle, ignore_errors=True)
 
