@@ -10,19 +10,26 @@ Three choices, as `Accel`:
   decompression. So the probe boots the image's kernel under KVM with no initramfs; a
   working KVM reaches the kernel's root mount and its panic (which ends QEMU, thanks to
   ``panic=-1`` and ``-no-reboot``) in about a second. No panic within `PROBE_SECONDS`: TCG,
-  with one warning. The decision is made once per process and reused.
+  with one warning. The decision is made once per process and reused; the probe's outcome
+  is also kept in ``$XDG_CACHE_HOME/vmtest/kvm-probe.json`` (`probe_cache_path`) for the
+  host's current boot, the same QEMU binary and the same /dev/kvm, so that a CI job running
+  ``vmtest run`` many times probes once. Delete the file (or call `forget_decision`) to
+  probe again.
 """
 
 from __future__ import annotations
 
 import enum
 import fcntl
+import json
 import logging
 import os
+import shutil
 import subprocess
+import tempfile
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from vmtest.console import PANIC
@@ -36,6 +43,8 @@ KVM_GET_API_VERSION = 0xAE00
 KVM_API_VERSION = 12
 # Under TCG the probe's kernel reaches its panic in ~2 s; a working KVM takes well under 1 s.
 PROBE_SECONDS = 6.0
+PROBE_CACHE_VERSION = 1
+BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
 
 
 class Accel(enum.StrEnum):
@@ -135,10 +144,70 @@ def decide(requested: Accel, kernel: Path) -> Decision:
 
 
 def forget_decision() -> None:
-    """Drop the cached auto decision (the next auto start probes again)."""
+    """Drop the auto decision, in this process and on disk: the next auto start probes."""
     global _auto_decision
     with _decision_lock:
         _auto_decision = None
+        probe_cache_path().unlink(missing_ok=True)
+
+
+def probe_cache_path() -> Path:
+    """``$XDG_CACHE_HOME/vmtest/kvm-probe.json``, or ``~/.cache/vmtest/kvm-probe.json``."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "vmtest" / "kvm-probe.json"
+
+
+def host_key() -> dict[str, object] | None:
+    """What a probe's outcome depends on: the host's boot, the QEMU binary, /dev/kvm; None
+    when one of them cannot be read (then nothing is cached)."""
+    qemu = shutil.which(QEMU)
+    if qemu is None:
+        return None
+    try:
+        boot_id = BOOT_ID.read_text().strip()
+        binary = Path(qemu).stat()
+        device = KVM_DEVICE.stat()
+    except OSError:
+        return None
+    return {
+        "version": PROBE_CACHE_VERSION,
+        "boot_id": boot_id,
+        "qemu": [qemu, binary.st_size, binary.st_mtime_ns],
+        "kvm": [str(KVM_DEVICE), device.st_rdev],
+    }
+
+
+def _cached_probe(key: dict[str, object]) -> ProbeResult | None:
+    path = probe_cache_path()
+    try:
+        entry = json.loads(path.read_text(encoding="utf-8"))
+        if entry["key"] != key:
+            return None
+        return ProbeResult(bool(entry["works"]), str(entry["detail"]), float(entry["seconds"]))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        log.debug("%s: unusable, probing again: %s", path, err)
+        return None
+
+
+def _remember_probe(key: dict[str, object], result: ProbeResult) -> None:
+    path = probe_cache_path()
+    entry = {"key": key, "works": result.works, "detail": result.detail, "seconds": result.seconds}
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(
+            "w", dir=path.parent, prefix=".kvm-probe-", delete=False, encoding="utf-8"
+        ) as handle:
+            written = Path(handle.name)
+            try:
+                json.dump(entry, handle)
+            except BaseException:
+                written.unlink(missing_ok=True)
+                raise
+        written.replace(path)
+    except OSError as err:  # a read-only home: the next process probes again
+        log.debug("%s: not kept: %s", path, err)
 
 
 def _probe_once(kernel: Path) -> Decision:
@@ -146,7 +215,14 @@ def _probe_once(kernel: Path) -> Decision:
     if problem:
         log.warning("KVM unavailable (%s): emulating with TCG", problem)
         return Decision(Accel.TCG, f"auto: KVM unavailable ({problem})")
-    result = probe(kernel, Accel.KVM)
+    key = host_key()
+    result = _cached_probe(key) if key is not None else None
+    if result is not None:
+        result = replace(result, detail=f"{result.detail}; probed earlier this host boot")
+    else:
+        result = probe(kernel, Accel.KVM)
+        if key is not None:
+            _remember_probe(key, result)
     if not result.works:
         log.warning("KVM does not run guests here (%s): emulating with TCG", result.detail)
         return Decision(Accel.TCG, f"auto: KVM probe failed ({result.detail})")

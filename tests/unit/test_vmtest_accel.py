@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import subprocess
 import threading
@@ -20,10 +21,22 @@ KERNEL = Path("/boot/vmlinuz-for-the-probe")
 
 
 @pytest.fixture(autouse=True)
-def fresh_decision() -> Iterator[None]:
+def fresh_decision(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
+    """No decision in memory, and a cache directory of the test's own."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     accel.forget_decision()
     yield
     accel.forget_decision()
+
+
+def _usable_kvm(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, boot_id: str = "boot-1") -> None:
+    """A /dev/kvm that answers (as far as vmtest asks) and a host boot id of the test's."""
+    device, boot = tmp_path / "kvm", tmp_path / "boot_id"
+    device.write_text("")
+    boot.write_text(boot_id + "\n")
+    monkeypatch.setattr(accel, "KVM_DEVICE", device)
+    monkeypatch.setattr(accel, "BOOT_ID", boot)
+    monkeypatch.setattr(accel, "kvm_problem", lambda device=None: None)
 
 
 def _probes(monkeypatch: pytest.MonkeyPatch, result: ProbeResult) -> list[Path]:
@@ -135,3 +148,54 @@ def test_spawn_writes_output_to_files(tmp_path: Path) -> None:
 def test_signal_names() -> None:
     assert signal_name(-9) == "SIGKILL"
     assert signal_name(3) == "status 3"
+
+
+def test_a_probe_outcome_is_reused_by_the_next_process(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The probe runs once per host boot: a new process (the in-memory decision dropped)
+    reads the outcome back from the cache file and says so."""
+    _usable_kvm(monkeypatch, tmp_path)
+    calls = _probes(monkeypatch, ProbeResult(False, "a kernel made no progress in 6 s", 6.0))
+    first = accel.decide(Accel.AUTO, KERNEL)
+    assert calls == [KERNEL] and accel.probe_cache_path().is_file()
+
+    monkeypatch.setattr(accel, "_auto_decision", None)  # as in a new process
+    second = accel.decide(Accel.AUTO, KERNEL)
+    assert calls == [KERNEL]
+    assert second.accel == first.accel == Accel.TCG
+    assert second.reason == (
+        "auto: KVM probe failed (a kernel made no progress in 6 s; probed earlier this host boot)"
+    )
+
+
+def test_a_new_host_boot_or_a_damaged_cache_probes_again(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The cached outcome belongs to one host boot; a file that is not JSON is ignored."""
+    _usable_kvm(monkeypatch, tmp_path, boot_id="boot-1")
+    calls = _probes(monkeypatch, ProbeResult(True, "a kernel reached its root mount", 0.4))
+    assert accel.decide(Accel.AUTO, KERNEL).accel == Accel.KVM
+
+    monkeypatch.setattr(accel, "_auto_decision", None)
+    (tmp_path / "boot_id").write_text("boot-2\n")
+    assert accel.decide(Accel.AUTO, KERNEL).accel == Accel.KVM
+    assert len(calls) == 2
+
+    monkeypatch.setattr(accel, "_auto_decision", None)
+    accel.probe_cache_path().write_text("{not json")
+    assert accel.decide(Accel.AUTO, KERNEL).accel == Accel.KVM
+    assert len(calls) == 3
+    assert json.loads(accel.probe_cache_path().read_text())["works"] is True
+
+
+def test_forget_decision_removes_the_cached_probe(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    _usable_kvm(monkeypatch, tmp_path)
+    calls = _probes(monkeypatch, ProbeResult(True, "works", 0.4))
+    accel.decide(Accel.AUTO, KERNEL)
+    accel.forget_decision()
+    assert not accel.probe_cache_path().exists()
+    accel.decide(Accel.AUTO, KERNEL)
+    assert len(calls) == 2
