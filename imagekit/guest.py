@@ -31,11 +31,14 @@ GUEST_PYTHON = "/usr/bin/python3.11"
 # Pure-Python packages vinitd imports in the guest.
 DEPENDENCIES = ("pyroute2", "dnslib")
 # -I: ignore the environment and the user site; -S: no site module (faster start, no site-packages).
+# The clock is read first, so that vinitd's init event can say when it began, imports included.
 LAUNCHER = f"""#!{GUEST_PYTHON} -IS
+import time
+started = time.monotonic()
 import sys
 sys.path.insert(0, "{GUEST_LIB}")
 from vinitd.main import main
-sys.exit(main())
+sys.exit(main(started=started))
 """
 
 

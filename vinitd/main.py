@@ -322,14 +322,17 @@ def signal_init(name: str) -> int:
     return 0
 
 
-def main() -> int:
+def main(started: float | None = None) -> int:
+    """vinitd as PID 1 (or as /sbin/poweroff, /sbin/reboot); ``started`` is the monotonic time
+    the launcher script began, before vinitd's imports (reported in the init event)."""
     invoked = Path(sys.argv[0]).name if sys.argv else ""
     if os.getpid() != 1 and invoked in HELPERS:
         return signal_init(invoked)
     with contextlib.suppress(OSError):
         mount_base()  # early, for /sys and the event port; pre-setup reports a failure
     boot = Boot(events=EventChannel(find_port()))
-    boot.events.emit("init", state="started", pid=os.getpid(), version=VERSION)
+    launched = {"started": round(started, 6)} if started is not None else {}
+    boot.events.emit("init", state="started", pid=os.getpid(), version=VERSION, **launched)
     with contextlib.suppress(OSError):
         boot.cmdline = Path("/proc/cmdline").read_text().strip()
     _start_console(boot)
