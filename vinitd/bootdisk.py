@@ -6,15 +6,13 @@ so every whole disk's GPT is read until one has the vorteil root PARTUUID.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from vinitd import console
 from vinitd.errors import BootDiskNotFound, LayoutError
 from vinitd.gpt import read_gpt
 from vinitd.layout import ROOT_PARTUUID, read_vcfg_json
-
-log = logging.getLogger(__name__)
 
 # Devices that never hold the boot disk; reading a floppy or CD-ROM can also take seconds.
 SKIPPED_PREFIXES = ("loop", "ram", "zram", "sr", "fd")
@@ -60,16 +58,16 @@ def find_boot_disk(
             with disk.open("rb") as fileobj:
                 _, entries = read_gpt(fileobj, source=str(disk))
         except (OSError, LayoutError) as err:
-            log.debug("%s: not the boot disk: %s", disk, err)
+            console.debug(f"{disk}: not the boot disk: {err}")
             examined.append(f"{name} ({_reason(err)})")
             continue
 
         for entry in entries:
             if entry.unique_guid == ROOT_PARTUUID:
                 root = dev / partition_name(name, entry.index + 1)
-                log.debug("boot disk %s, root partition %s", disk, root)
+                console.debug(f"boot disk {disk}, root partition {root}")
                 return BootDisk(disk=disk, root_partition=root, root_index=entry.index)
-        log.debug("%s: GPT without the root PARTUUID", disk)
+        console.debug(f"{disk}: GPT without the root PARTUUID")
         examined.append(f"{name} (no root partition)")
 
     raise BootDiskNotFound(

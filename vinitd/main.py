@@ -23,9 +23,9 @@ import contextlib
 import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -162,25 +162,55 @@ def _helper_links() -> None:
             console.log_level("WARNING", f"can not create {link}: {err}")
 
 
+class _Task(threading.Thread):
+    """One function in a thread of its own; `outcome` joins it, then returns or raises.
+
+    (concurrent.futures would do, but it imports logging: 0.1 s of boot under emulation.)
+    """
+
+    def __init__(self, name: str, function: Callable[[], object]) -> None:
+        super().__init__(name=f"setup-{name}", daemon=True)
+        self._function = function
+        self._value: object = None
+        self._error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self._value = self._function()
+        except BaseException as err:  # handed to the joining thread by outcome()
+            self._error = err
+
+    def outcome(self) -> object:
+        self.join()
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+
 def _parallel_setup(boot: Boot) -> None:
-    """Network (fatal), system config (degraded) and /etc (fatal) at once, then DHCP's extras."""
-    with ThreadPoolExecutor(max_workers=3, thread_name_prefix="setup") as pool:
-        network: Future[object] = pool.submit(_network, boot)
-        system = pool.submit(
-            sysconfig.configure_system, boot.vcfg, boot.hostname, cmdline=boot.cmdline
+    """Network (fatal), system config (degraded) and /etc (fatal) at once, then DHCP's extras.
+    Every task ends before a failure is raised: nothing writes during the shutdown."""
+
+    def system() -> None:
+        sysconfig.configure_system(boot.vcfg, boot.hostname, cmdline=boot.cmdline)
+
+    def etc() -> None:
+        etcfiles.write_etc(
+            user=boot.vcfg.system.user,
+            hostname=boot.hostname,
+            dns_local=False,  # resolv.conf is written by post-setup's DNS step
         )
-        etc = None
-        if not boot.read_only:
-            etc = pool.submit(
-                etcfiles.write_etc,
-                user=boot.vcfg.system.user,
-                hostname=boot.hostname,
-                dns_local=False,  # resolv.conf is written by post-setup's DNS step
-            )
-        result = network.result()
-        if etc is not None:
-            etc.result()
-        system.result()
+
+    tasks = [_Task("network", lambda: _network(boot)), _Task("system", system)]
+    if not boot.read_only:
+        tasks.append(_Task("etc", etc))
+    for task in tasks:
+        task.start()
+    for task in tasks:
+        task.join()
+    result = tasks[0].outcome()  # the network's; then the others' failures, if any
+    for task in tasks[1:]:
+        task.outcome()
     boot.search = tuple(getattr(result, "search", ()))
     boot.dhcp_dns = tuple(getattr(result, "dns", ()))
     offered = getattr(result, "host_name", "")

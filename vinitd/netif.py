@@ -11,14 +11,13 @@ import contextlib
 import ctypes
 import enum
 import fcntl
-import logging
 import socket
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-log = logging.getLogger(__name__)
+from vinitd import console
 
 ARPHRD_ETHER = 1
 ARPHRD_LOOPBACK = 772
@@ -184,4 +183,4 @@ def disable_offloads(device: str) -> None:
         try:
             ethtool_value(device, offload, 0)
         except OSError as err:
-            log.debug("can not turn %s off on %s: %s", offload.name, device, err)
+            console.debug(f"can not turn {offload.name} off on {device}: {err}")

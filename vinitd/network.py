@@ -34,7 +34,6 @@ from __future__ import annotations
 import contextlib
 import enum
 import ipaddress
-import logging
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,7 +48,6 @@ from vinitd.vcfg.model import VCFG, Network, Route
 if TYPE_CHECKING:
     from vinitd.dhcp import DhcpService, Lease, Renewer
 
-log = logging.getLogger(__name__)
 
 LOOPBACK_MTU = 65536
 DEFAULT_DHCP_TIMEOUT = 30.0
@@ -245,7 +243,6 @@ def configure_network(
             host_name=dhcp_host_name,
         )
         interfaces.update(leased)
-    log.debug("network configured")
 
     configured = tuple(interfaces[nic.name] for nic in nics)
     for line in report_lines(configured):
@@ -265,7 +262,7 @@ def _pair(
     """The n-th ethernet device with network[n]; devices without an entry are left alone."""
     ethernet = [d for d in devices if d.type == netif.ARPHRD_ETHER]
     for device in ethernet[len(entries) :]:
-        log.debug("%s has no [[network]] entry: left down", device.name)
+        console.debug(f"{device.name} has no [[network]] entry: left down")
     return [
         _Nic(f"eth{n}", device, n, entries[n], statics[n])
         for n, device in enumerate(ethernet[: len(entries)])
@@ -290,11 +287,11 @@ def _prepare(nic: _Nic) -> None:
     except OSError as err:
         raise NetworkError(f"can not get enable network device {device}: {err}") from err
     if nic.entry.mtu:
-        log.debug("set mtu to %d for %s", nic.entry.mtu, device)
+        console.debug(f"set mtu to {nic.entry.mtu} for {device}")
         try:
             netif.set_mtu(device, nic.entry.mtu)
         except OSError as err:
-            log.debug("can not set mtu %d on %s: %s", nic.entry.mtu, device, err)
+            console.debug(f"can not set mtu {nic.entry.mtu} on {device}: {err}")
     if nic.entry.disable_tso:
         netif.disable_offloads(device)
     if nic.entry.tcpdump:
@@ -414,7 +411,7 @@ class _LeaseApplier:
         _emit_configured(self.events, self.interface)
 
     def renewed(self, lease: Lease) -> None:
-        log.debug("%s: DHCP lease %s renewed", self.nic.name, lease.address)
+        console.debug(f"{self.nic.name}: DHCP lease {lease.address} renewed")
         self._emit("renewed", address=lease.address)
 
     def lost(self, lease: Lease, reason: str) -> None:
@@ -432,11 +429,11 @@ class _LeaseApplier:
     def _apply(self, lease: Lease) -> Interface:
         device = self.nic.device.name
         if lease.mtu and not self.nic.entry.mtu:
-            log.debug("set mtu to %d for %s (DHCP)", lease.mtu, device)
+            console.debug(f"set mtu to {lease.mtu} for {device} (DHCP)")
             try:
                 netif.set_mtu(device, lease.mtu)
             except OSError as err:
-                log.debug("can not set mtu %d on %s: %s", lease.mtu, device, err)
+                console.debug(f"can not set mtu {lease.mtu} on {device}: {err}")
         configure_address(self.nic.name, device, lease.address, lease.mask, lease.gateway)
         return Interface(
             name=self.nic.name,
