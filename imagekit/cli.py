@@ -26,6 +26,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from imagekit import config
+from imagekit.binaries import check_programs, in_filesystem
 from imagekit.cache import BuildCache
 from imagekit.errors import EnvironmentFailure, ImagekitError, UserError
 from imagekit.image import FORMATS, BuildRequest, build
@@ -161,6 +162,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Resolve PROJECT[:TARGET] and --vcfg files as build does (defaults, "
         "validation) and write the result into IMAGE in place of its VCFG, with a kernel "
         "command line made from it. The whole VCFG is replaced, not merged with the image's. "
+        "Every program's binary must be in the image's root filesystem, as build checks. "
         "An interruption leaves the old config or the new one, never a mix.",
         allow_abbrev=False,
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -305,6 +307,9 @@ def _config_get(args: argparse.Namespace) -> int:
 def _config_set(args: argparse.Namespace) -> int:
     image_format(args.image)  # a missing or unusable image is named before any VCFG problem
     resolved = config.resolve(args.project, args.vcfg)
+    with raw_image(args.image) as image:  # every program's binary is in the image, as in build
+        root = read_image_layout(image).root_offset
+        check_programs(resolved.vcfg, in_filesystem(image.raw, root))
     result = write_config(args.image, resolved.vcfg)
     print(
         f"{args.image}: VCFG set ({result.json_len} bytes, room for {result.area_bytes}; "

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from imagekit import config as config_pipeline
+from imagekit.binaries import check_programs, in_tree
 from imagekit.cache import BuildCache
 from imagekit.cmdline import kernel_command_line, root_filesystem
 from imagekit.errors import UserError
@@ -47,7 +48,7 @@ from imagekit.rootfs import (
 )
 from imagekit.runtime import build_runtime
 from imagekit.tools import run
-from vinitd import bundle, gpt, layout, shellwords
+from vinitd import bundle, gpt, layout
 from vinitd.vcfg import codec
 from vinitd.vcfg.model import VCFG
 
@@ -153,7 +154,7 @@ def build(
     try:
         progress("root filesystem tree")
         staged = stage_root(work, runtime=runtime.tree, guest=guest, app_files=app_files)
-        _check_programs(vcfg, staged)
+        check_programs(vcfg, in_tree(staged.path))
         kernel_bytes = kernel.bzimage.read_bytes()
         return _write(
             request, vcfg, staged, work, kernel_bytes, initramfs, runtime.size_bytes, progress
@@ -170,44 +171,6 @@ def _initramfs(kernel: Kernel, vcfg: VCFG, cache: BuildCache, mtime: int) -> byt
         sets.append("nfs")
     names = module_closure(kernel, modules_for(sets))
     return build_initramfs(kernel, names, busybox_static(cache), mtime=mtime, cache=cache)
-
-
-def _check_programs(vcfg: VCFG, staged: StagedTree) -> None:
-    """Each program's binary must be in the image, where vinitd will look for it."""
-    problems = []
-    for index, program in enumerate(vcfg.program):
-        words = ([program.binary] if program.binary else []) + shellwords.split(program.args)
-        name = words[0]
-        cwd = PurePosixPath(program.cwd or "/")
-        candidates = [PurePosixPath(name)] if name.startswith("/") else [cwd / name]
-        if "/" not in name:
-            env = dict(shellwords.expand_env(program.env, {}))
-            candidates += [PurePosixPath(d) / name for d in env.get("PATH", "").split(":") if d]
-        if not any(_is_file_in(staged.path, c) for c in candidates):
-            where = ", ".join(str(c) for c in candidates)
-            problems.append(f"program[{index}]: {name!r} is not in the image (looked for {where})")
-    if problems:
-        raise UserError("\n".join(problems), hint="add the binary to the project or fix its path")
-
-
-def _is_file_in(root: Path, path: PurePosixPath) -> bool:
-    """Whether ``path`` is a file in the guest tree, following its links inside the tree."""
-    current = PurePosixPath("/")
-    parts = list(path.relative_to("/").parts) if path.is_absolute() else list(path.parts)
-    for _ in range(40):
-        if not parts:
-            return (root / current.relative_to("/")).is_file()
-        part = parts.pop(0)
-        candidate = root / (current / part).relative_to("/")
-        if candidate.is_symlink():
-            target = PurePosixPath(candidate.readlink())
-            parts = [*target.parts[1:], *parts] if target.is_absolute() else [*target.parts, *parts]
-            current = PurePosixPath("/") if target.is_absolute() else current
-        elif part == "..":
-            current = current.parent
-        elif part != ".":
-            current = current / part
-    return False
 
 
 def _write(

@@ -11,12 +11,12 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import pytest
 from imagetools import built_hello
 
-from imagekit import config, imagefile
+from imagekit import binaries, config, imagefile
 from imagekit.cmdline import kernel_command_line
 from imagekit.errors import EnvironmentFailure
 from imagekit.tools import require
@@ -215,8 +215,23 @@ def test_set_qcow2(hello_image: Path, tmp_path: Path) -> None:
         ('[[program]]\nprivilege = "admin"\n', b"program[0].privilege"),
         ('[system]\nfilesystem = "ext2"\n', b"the image's root filesystem is ext4"),
         ('[system]\nkernel-args = "a\\"b"\n', b"system.kernel-args"),
+        (
+            '[[program]]\n[[program]]\nbinary = "/usr/bin/node"\n',
+            b"program[1]: '/usr/bin/node' is not in the image (looked for /usr/bin/node)",
+        ),
+        (
+            '[[program]]\n[[program]]\nbinary = "node"\nenv = ["PATH=/usr/bin:/bin"]\n',
+            b"program[1]: 'node' is not in the image (looked for /node, /usr/bin/node, /bin/node)",
+        ),
     ],
-    ids=["over-capacity", "invalid-vcfg", "other-filesystem", "bad-kernel-args"],
+    ids=[
+        "over-capacity",
+        "invalid-vcfg",
+        "other-filesystem",
+        "bad-kernel-args",
+        "missing-binary",
+        "missing-on-path",
+    ],
 )
 def test_set_refused_leaves_the_image_unchanged(
     image: Path, tmp_path: Path, text: str, expected: bytes
@@ -229,6 +244,31 @@ def test_set_refused_leaves_the_image_unchanged(
     assert expected in result.stderr
     assert b"Traceback" not in result.stderr
     assert sha256(image) == before
+
+
+def test_set_accepts_binaries_found_through_links_and_path(image: Path, tmp_path: Path) -> None:
+    """/bin/python3 (/bin -> usr/bin, python3 -> python3.11) and a bare name on the
+    program's PATH are found in the image's filesystem, as vinitd will find them."""
+    extra = vcfg_file(
+        tmp_path,
+        '[[program]]\n[[program]]\nbinary = "/bin/python3"\nargs = "/hello.py"\n'
+        '[[program]]\nbinary = "python3.11"\nenv = ["PATH=/usr/local/bin:/usr/bin"]\n',
+    )
+    result = imagekit("config", "set", str(image), str(HELLO), "--vcfg", str(extra))
+    assert result.returncode == 0, result.stderr
+    assert len(json.loads(imagekit("config", "get", str(image)).stdout)["program"]) == 3
+
+
+def test_in_filesystem_follows_links_to_regular_files(hello_image: Path) -> None:
+    with imagefile.raw_image(hello_image) as raw:
+        offset = imagefile.read_image_layout(raw).root_offset
+    is_file = binaries.in_filesystem(hello_image, offset)
+    assert is_file(PurePosixPath("/hello.py"))
+    assert is_file(PurePosixPath("/usr/bin/python3"))  # a link to python3.11
+    assert is_file(PurePosixPath("/bin/python3"))  # through the /bin -> usr/bin link
+    assert not is_file(PurePosixPath("/usr/bin"))  # a directory
+    assert not is_file(PurePosixPath("/usr/bin/node"))
+    assert not is_file(PurePosixPath('/odd"name'))
 
 
 def test_set_without_a_vcfg(image: Path) -> None:

@@ -153,6 +153,7 @@ def test_hello_boots_through_its_stages_and_powers_off(images: Images) -> None:
         assert pre_setup.guest_end <= launch.guest_start
         init = vm.events[0]
         assert init.type == "init" and init["pid"] == 1
+        assert pre_setup.guest_start is not None
         assert 0 < init["started"] < init.time <= pre_setup.guest_start  # imports took time
         power = [e.describe() for e in vm.qmp_events if e.name in POWER_EVENTS]
         assert power == ["SHUTDOWN(guest-shutdown)"]
