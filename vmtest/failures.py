@@ -275,19 +275,35 @@ class PoweredOffEarly(MachineFailure):
 
 
 class ShutdownHung(MachineFailure):
-    """QEMU was still running when the shutdown deadline passed."""
+    """QEMU was still running when the shutdown deadline passed; ``running`` names the
+    programs that had not exited (a program that runs on is the usual reason)."""
 
     def __init__(
         self,
         timeout: float,
         *,
+        running: Sequence[str] = (),
         summary: str | None = None,
         context: FailureContext | None = None,
     ) -> None:
         self.timeout = timeout
+        self.running = tuple(running)
+        hint = None
+        if summary is None and self.running:
+            verb = "is" if len(self.running) == 1 else "are"
+            summary = (
+                f"the VM did not power off in {timeout:.1f} s: "
+                f"{', '.join(self.running)} {verb} still running"
+            )
+            hint = (
+                "vinitd powers off when the last program exits; to end a VM whose program "
+                "runs on (a server), press the power button: vm.powerdown(), or a scenario "
+                '[[action]] with do = "powerdown"'
+            )
         super().__init__(
             summary or f"shutdown hung: QEMU still running after {timeout:.1f} s",
             context=context,
+            hint=hint,
         )
 
 

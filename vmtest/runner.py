@@ -192,7 +192,7 @@ def _overdue(vm: Machine, plan: Scenario, limit: float) -> MachineFailure | None
     except StillRunningAfterPowerOff as err:
         return StillRunningAfterPowerOff(limit, context=err.context)
     except ShutdownHung as err:
-        return ShutdownHung(limit, context=err.context)
+        return ShutdownHung(limit, running=err.running, context=err.context)
     except MachineFailure as err:
         return err
     return None

@@ -209,7 +209,7 @@ class Watch:
                 if remaining <= 0:
                     if self._began_power_off():
                         raise StillRunningAfterPowerOff(limit, context=self.context())
-                    raise ShutdownHung(limit, context=self.context())
+                    raise self._not_powered_off(limit)
                 self.changed.wait(min(POLL_SECONDS, remaining))
 
     def drain(self, limit: float) -> None:
@@ -234,6 +234,19 @@ class Watch:
         if failure is None:  # cannot happen: the signs that raised it only accumulate
             raise RuntimeError(f"a failure while waiting for {expect.awaited} vanished")
         return failure
+
+    def _not_powered_off(self, limit: float) -> ShutdownHung:
+        """No power-off began: the failure names the programs still running, if any."""
+        running: dict[int, str] = {}
+        for event in self.stream.events:
+            if event.type != EventType.PROGRAM or event.index is None:
+                continue
+            if event.state == "started":
+                running[event.index] = f"program[{event.index}] (pid {event.get('pid', '?')})"
+            else:
+                running.pop(event.index, None)
+        names = [running[index] for index in sorted(running)]
+        return ShutdownHung(limit, running=names, context=self.context())
 
     def _began_power_off(self) -> bool:
         if self.console.findings().powered_down:

@@ -193,6 +193,24 @@ def test_wait_for_exit_at_the_deadline_is_shutdown_hung(watch: Watch) -> None:
     assert type(raised.value) is ShutdownHung
 
 
+def test_a_program_still_running_at_the_deadline_is_named(watch: Watch) -> None:
+    """Program 1 exited, program 0 runs on: the failure names it and says how to end a VM
+    whose program does not exit."""
+    for fields in (
+        {"index": 0, "state": "started", "pid": 120},
+        {"index": 1, "state": "started", "pid": 121},
+        {"index": 1, "state": "exited", "pid": 121, "exit_status": 0},
+    ):
+        watch.event_data(_line(type="program", **fields))
+    with pytest.raises(ShutdownHung) as raised:
+        watch.wait_for_exit(0.1)
+    assert raised.value.running == ("program[0] (pid 120)",)
+    assert raised.value.summary == (
+        "the VM did not power off in 0.1 s: program[0] (pid 120) is still running"
+    )
+    assert raised.value.hint is not None and "powerdown" in raised.value.hint
+
+
 def test_wait_for_exit_after_a_power_off_began(watch: Watch) -> None:
     """The guest said it was shutting down, yet QEMU runs on."""
     watch.event_data(_line(type="shutdown", state="begun", action="power_off", reason="x"))
