@@ -185,6 +185,7 @@ class Report:
             "accel": record.accel,
             "accel_reason": record.accel_reason,
             "failure": self.failure.to_dict() if self.failure else None,
+            "boot": boot_phases(record.events),
             "stages": [span_to_dict(span) for span in self.stages],
             "programs": [program.to_dict() for program in self.programs],
             "checks": [check.to_dict() for check in self.checks],
@@ -433,7 +434,7 @@ def render_text(report: Report) -> str:
     """The stage table, the programs, the checks and the verdict, for people."""
     record = report.record
     lines = [f"vm {record.name}: {record.image} under {record.accel} ({record.accel_reason})"]
-    lines += ["", _table(_stage_rows(report.stages))]
+    lines += ["", _table(_stage_rows(report.stages, boot_phases(record.events)))]
     if report.programs:
         lines += ["", _table(_program_rows(report.programs))]
     if record.actions:
@@ -454,10 +455,40 @@ def _seconds(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
-def _stage_rows(spans: Sequence[StageSpan]) -> list[tuple[str, ...]]:
+def boot_phases(events: Sequence[Event]) -> dict[str, float] | None:
+    """What came before vinitd's first stage, in guest seconds, from its ``init`` event:
+    ``kernel`` (the kernel and the initramfs, up to the init script's first line) and
+    ``vinitd_start`` (vinitd's imports, up to that event); None without a ``started`` field."""
+    init = next((event for event in events if event.type == "init"), None)
+    started = init.get("started") if init is not None else None
+    if init is None or not isinstance(started, int | float) or isinstance(started, bool):
+        return None
+    return {
+        "kernel": round(float(started), 3),
+        "vinitd_start": round(init.time - float(started), 3),
+    }
+
+
+def _stage_rows(
+    spans: Sequence[StageSpan], phases: Mapping[str, float] | None = None
+) -> list[tuple[str, ...]]:
     rows: list[tuple[str, ...]] = [
         ("stage", "state", "guest start", "guest end", "host start", "host end", "duration")
     ]
+    if phases is not None:
+        kernel, start = phases["kernel"], phases["vinitd_start"]
+        rows += [
+            ("(kernel)", "-", _seconds(0.0), _seconds(kernel), "-", "-", _seconds(kernel)),
+            (
+                "(vinitd start)",
+                "-",
+                _seconds(kernel),
+                _seconds(kernel + start),
+                "-",
+                "-",
+                _seconds(start),
+            ),
+        ]
     rows += [
         (
             span.stage,

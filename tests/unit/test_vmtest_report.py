@@ -102,6 +102,22 @@ def test_a_good_boot_passes_every_check() -> None:
     assert [p.describe() for p in report.programs] == ["exited with status 0"]
 
 
+def test_the_time_before_the_stages_is_shown_from_the_init_event() -> None:
+    """The init event's ``started``: the kernel's time up to the init script, then vinitd's
+    own start up to its first event; rows before the stages, and ``boot`` in the JSON."""
+    init = event(4.1, type="init", state="started", pid=1, version="0.1.0", time=3.42, started=2.5)
+    report = judge(record([init, *HELLO]), Scenario())
+    assert report.to_dict()["boot"] == {"kernel": 2.5, "vinitd_start": 0.92}
+    lines = render_text(report).splitlines()
+    assert lines[3].split() == ["(kernel)", "-", "0.000", "2.500", "-", "-", "2.500"]
+    assert lines[4].split() == ["(vinitd", "start)", "-", "2.500", "3.420", "-", "-", "0.920"]
+    assert lines[5].split()[0] == "pre-setup"
+
+    without = judge(record(HELLO), Scenario())  # an older vinitd: no rows, boot is null
+    assert without.to_dict()["boot"] is None
+    assert "(kernel)" not in render_text(without)
+
+
 def test_the_text_report_has_the_timeline_programs_and_verdict() -> None:
     """The stage table, the program table, one line per check and PASS."""
     text = render_text(judge(record(HELLO), Scenario()))

@@ -112,6 +112,7 @@ def test_run_reports_every_stage_and_program(hello: Path, tmp_path: Path) -> Non
     report = json.loads(result.stdout)
 
     assert report["result"] == "pass" and report["failure"] is None
+    assert report["boot"]["kernel"] > 0 and report["boot"]["vinitd_start"] > 0
     assert [s["stage"] for s in report["stages"]] == STAGES
     previous_end = 0.0
     for span in report["stages"]:
