@@ -73,6 +73,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.debug else logging.INFO if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    if _shows_progress(args):  # a person waits at a terminal: each step as it happens
+        logging.getLogger("vmtest.machine").setLevel(logging.INFO)
     handler: Handler | None = getattr(args, "handler", None)
     if handler is None:
         parser.print_help(sys.stderr)
@@ -99,6 +101,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("vmtest: interrupted", file=sys.stderr)
         return 130
+
+
+def _shows_progress(args: argparse.Namespace) -> bool:
+    """``run`` at a terminal, unless the console streams already or -v/--debug log more."""
+    if getattr(args, "handler", None) is not _run or args.console:
+        return False
+    return not (args.debug or args.verbose) and sys.stderr.isatty()
 
 
 def _report(args: argparse.Namespace, message: str, hint: str | None, status: int) -> int:

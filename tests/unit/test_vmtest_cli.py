@@ -369,3 +369,20 @@ def test_other_lines_go_to_the_console_and_quit_kills() -> None:
     debug.handle(":quit")
     assert vm.calls == [("console", b"echo hi\n"), ("kill", None)]
     assert "QMP" in messages.getvalue() and "killing QEMU" in messages.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("argv", "tty", "shown"),
+    [
+        (["run", "x.raw"], True, True),
+        (["run", "x.raw"], False, False),  # CI: the report is enough
+        (["run", "x.raw", "--console"], True, False),  # the console shows the boot already
+        (["-v", "run", "x.raw"], True, False),  # -v logs it all anyway
+        (["debug", "x.raw"], True, False),
+    ],
+)
+def test_run_at_a_terminal_shows_each_step(
+    monkeypatch: pytest.MonkeyPatch, argv: list[str], tty: bool, shown: bool
+) -> None:
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: tty)
+    assert cli._shows_progress(cli._parser().parse_args(argv)) is shown
