@@ -375,7 +375,7 @@ def _pin_times(image: Path, offset: int, staged: StagedTree, epoch: int) -> None
         for field in ("atime", "mtime", "ctime")
     ]
     # "Lifetime writes" counts mke2fs's writes, which depend on the host filesystem (what
-    # it can zero out without writing); start it from zero so only this session counts.
+    # it can zero out without writing); start it from zero so that it does not vary between hosts.
     commands.append("ssv kbytes_written 0")
     script = image.with_name(image.name + ".debugfs")
     script.write_text("\n".join(commands) + "\n")

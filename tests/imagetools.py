@@ -110,7 +110,7 @@ class BuiltImage:
 
 
 def built_hello(config: pytest.Config, factory: pytest.TempPathFactory) -> BuiltImage:
-    """examples/hello built with the default cache, once per session (test modules share it)."""
+    """examples/hello built with the default cache, once per test run (test modules share it)."""
     if _HELLO_KEY not in config.stash:
         require_tools(IMAGE_TOOLS)
         output = factory.mktemp("hello") / "hello.raw"

@@ -1,6 +1,6 @@
 """imagekit build on examples/hello: the disk layout, the root filesystem, sizes and formats.
 
-examples/hello is built once per session with the default build cache; the tests that need
+examples/hello is built once per test run with the default build cache; the tests that need
 another image (a format, a disk size, reproducibility) build their own.
 """
 

@@ -1,6 +1,6 @@
 """imagekit config get and config set on a built examples/hello image.
 
-The image is built once per session; every test that changes an image changes its own copy.
+The image is built once per test run; every test that changes an image changes its own copy.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ def require_tools() -> None:
 
 @pytest.fixture(scope="session")
 def hello_image(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """examples/hello, built once per session for every test module that needs it."""
+    """examples/hello, built once per test run for every test module that needs it."""
     return built_hello(request.config, tmp_path_factory).path
 
 

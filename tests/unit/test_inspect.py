@@ -1,6 +1,6 @@
 """imagekit inspect on examples/hello, checked against sgdisk, dumpe2fs and the bundle reader.
 
-examples/hello is built once per session; tests that damage an image work on a copy.
+examples/hello is built once per test run; tests that damage an image work on a copy.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def require_tools() -> None:
 
 @pytest.fixture(scope="session")
 def hello_image(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """examples/hello, built once per session for every test module that needs it."""
+    """examples/hello, built once per test run for every test module that needs it."""
     return built_hello(request.config, tmp_path_factory).path
 
 

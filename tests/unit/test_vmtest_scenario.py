@@ -250,7 +250,7 @@ def test_load_names_a_file_it_cannot_read(tmp_path: Path, kind: str, message: st
 
 @pytest.fixture(scope="session")
 def hello_image(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """examples/hello built once per session (the same file test_config_image.py builds)."""
+    """examples/hello built once per test run (the same file test_config_image.py builds)."""
     output = tmp_path_factory.getbasetemp() / "imagekit-hello" / "hello.raw"
     if output.exists():
         return output

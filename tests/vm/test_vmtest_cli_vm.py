@@ -70,14 +70,14 @@ def test_fails_with_a_vm(vm_factory):
 
 @pytest.fixture(scope="session")
 def hello(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """examples/hello, built once per session for every test module that needs it."""
+    """examples/hello, built once per test run for every test module that needs it."""
     require_tools(VM_TOOLS)
     return built_hello(request.config, tmp_path_factory).path
 
 
 @pytest.fixture(autouse=True)
 def no_qemu_left(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """After each test, no QEMU runs on this session's images (scenario copies included)."""
+    """After each test, no QEMU runs on this test run's images (scenario copies included)."""
     yield
     assert qemu_processes(str(tmp_path_factory.getbasetemp())) == []
 

@@ -98,7 +98,7 @@ def _patched(image: Path, output: Path, old: bytes, new: bytes) -> Path:
 
 @pytest.fixture(scope="session")
 def images(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Images]:
-    """The test images, built once per session with the shared build cache."""
+    """The test images, built once per test run with the shared build cache."""
     for tool in TOOLS:
         try:
             require(tool)

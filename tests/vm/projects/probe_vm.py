@@ -7,7 +7,7 @@
         vm.wait_for_program(0, "succeeded")
         assert probe.fact(vm, "ids")["uid"] == 1000
 
-The probe project (``probe/``) is built once per session. `Probe.image` copies it and rewrites
+The probe project (``probe/``) is built once per test run. `Probe.image` copies it and rewrites
 the copy's VCFG with `imagekit.imagefile.write_config`, which takes well under a second where
 a build takes seconds. `Probe.start` boots a copy under TCG. Every VM is killed when its test
 ends; its console log stays in the test's ``tmp_path``.
@@ -100,7 +100,7 @@ class Probe:
 
 @pytest.fixture(scope="session")
 def probe_image(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The probe project built once per session, with the shared build cache."""
+    """The probe project built once per test run, with the shared build cache."""
     require_tools(VM_TOOLS)
     output = tmp_path_factory.mktemp("probe-image") / "probe.raw"
     with BuildCache() as cache:
