@@ -14,6 +14,8 @@ from pathlib import Path
 
 PROTOCOL_VERSION = 1
 PORT_NAME = "vinitd.events"
+# The boot's stages, in the order vinitd runs them: the names its stage events carry.
+STAGE_NAMES = ("pre-setup", "setup", "post-setup", "launch")
 
 
 def find_port(

@@ -15,11 +15,11 @@ from __future__ import annotations
 import enum
 import json
 import logging
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from vinitd.events import PORT_NAME, PROTOCOL_VERSION
+from vinitd.events import PORT_NAME, PROTOCOL_VERSION, STAGE_NAMES
 
 __all__ = [
     "PORT_NAME",
@@ -31,6 +31,8 @@ __all__ = [
     "ProgramState",
     "StageSpan",
     "StageState",
+    "format_seconds",
+    "format_table",
     "format_timeline",
     "timeline",
 ]
@@ -38,7 +40,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 # vinitd's boot stages, in the order it runs them (docs/events.md).
-STAGES = ("pre-setup", "setup", "post-setup", "launch")
+STAGES = STAGE_NAMES
 
 
 class EventType(enum.StrEnum):
@@ -301,26 +303,32 @@ def timeline(events: Iterable[Event]) -> tuple[StageSpan, ...]:
     return tuple(spans)
 
 
-def format_timeline(spans: Iterable[StageSpan]) -> str:
-    """A small table: stage, state, guest start/end and host start/end in seconds."""
+def format_seconds(value: float | None) -> str:
+    """A time in a table: three decimals, or "-" when there is none."""
+    return "-" if value is None else f"{value:.3f}"
 
-    def seconds(value: float | None) -> str:
-        return "-" if value is None else f"{value:.3f}"
 
-    rows = [("stage", "state", "guest start", "guest end", "host start", "host end")]
-    rows += [
-        (
-            span.stage,
-            span.state,
-            seconds(span.guest_start),
-            seconds(span.guest_end),
-            seconds(span.host_start),
-            seconds(span.host_end),
-        )
-        for span in spans
-    ]
+def format_table(rows: Sequence[Sequence[str]]) -> str:
+    """Rows (the first one the header) in left-aligned columns two spaces apart."""
     widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
     return "\n".join(
         "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
         for row in rows
     )
+
+
+def format_timeline(spans: Iterable[StageSpan]) -> str:
+    """A small table: stage, state, guest start/end and host start/end in seconds."""
+    rows = [("stage", "state", "guest start", "guest end", "host start", "host end")]
+    rows += [
+        (
+            span.stage,
+            span.state,
+            format_seconds(span.guest_start),
+            format_seconds(span.guest_end),
+            format_seconds(span.host_start),
+            format_seconds(span.host_end),
+        )
+        for span in spans
+    ]
+    return format_table(rows)
