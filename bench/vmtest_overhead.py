@@ -27,6 +27,7 @@ from imagekit.cache import BuildCache
 from imagekit.image import BuildRequest, build
 from vmtest import command
 from vmtest.accel import Accel
+from vmtest.events import format_table
 from vmtest.machine import Machine
 from vmtest.process import spawn
 from vmtest.repro import console_arguments
@@ -102,9 +103,7 @@ def main() -> None:
     for name, values in times.items():
         cells = [f"{value:.2f} s" for value in values]
         rows.append([name, *cells, f"{statistics.median(values):.2f} s"])
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    for row in rows:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
+    print(format_table(rows))
     vmtest, plain = (statistics.median(times[name]) for name in METHODS)
     print(
         f"vmtest / plain QEMU: {vmtest / plain:.3f} "

@@ -28,9 +28,19 @@ from vmtest.events import (
     ProgramState,
     StageSpan,
     StageState,
+    format_seconds,
+    format_table,
     timeline,
 )
-from vmtest.failures import MachineFailure
+from vmtest.failures import (
+    ExpectationFailed,
+    MachineFailure,
+    PoweredOffEarly,
+    ProgramFailed,
+    QemuFailed,
+    StageFailed,
+    StageTimedOut,
+)
 from vmtest.qmp import QmpEvent
 from vmtest.scenario import Scenario, ShutdownExpectation
 
@@ -223,7 +233,7 @@ def judge(record: RunRecord, scenario: Scenario) -> Report:
 def _accepted(failure: FailureInfo, checks: Sequence[Check]) -> bool:
     """The Machine's ProgramFailed expects every program to exit 0; the program checks know
     better (an expected status, or a program stopped by the shutdown)."""
-    if failure.kind != "ProgramFailed":
+    if failure.kind != ProgramFailed.__name__:
         return False
     return all(check.passed for check in checks if check.program is not None)
 
@@ -273,7 +283,7 @@ def _missing_class(record: RunRecord) -> str:
     """The class for something that never happened: the Machine's failure if it saw one."""
     if record.failure is not None:
         return record.failure.kind
-    return "PoweredOffEarly" if record.returncode is not None else "StageTimedOut"
+    return PoweredOffEarly.__name__ if record.returncode is not None else StageTimedOut.__name__
 
 
 def _stage_checks(record: RunRecord, scenario: Scenario, spans: Sequence[StageSpan]) -> list[Check]:
@@ -283,7 +293,7 @@ def _stage_checks(record: RunRecord, scenario: Scenario, spans: Sequence[StageSp
         runs = [span for span in spans if span.stage == stage]
         if stage in scenario.not_reached:
             seen = f"it {runs[0].state}" if runs else "not reached"
-            kind = "ExpectationFailed" if runs else ""
+            kind = ExpectationFailed.__name__ if runs else ""
             checks.append(
                 Check(f"stage {stage} not reached", CheckGroup.STAGES, not runs, seen, kind)
             )
@@ -305,7 +315,7 @@ def _stage_outcome(
     if span is None:
         return False, "not reached", _missing_class(record)
     if span.state == StageState.FAILED:
-        return False, f"failed: {span.message}", "StageFailed"
+        return False, f"failed: {span.message}", StageFailed.__name__
     if span.state != StageState.FINISHED:
         return False, f"{span.state}, never finished", _missing_class(record)
     if (
@@ -314,7 +324,7 @@ def _stage_outcome(
         and span.guest_start is not None
         and span.guest_start < previous.guest_end
     ):
-        return False, f"started before stage {previous.stage} finished", "ExpectationFailed"
+        return False, f"started before stage {previous.stage} finished", ExpectationFailed.__name__
     seconds = span.guest_seconds
     return True, f"in {seconds:.3f} s" if seconds is not None else "finished", ""
 
@@ -336,7 +346,7 @@ def _program_checks(
             passed = outcome.state == ProgramState.EXITED and expected.met_by(
                 outcome.exit_status, outcome.signal
             )
-            kind = _program_class(record, outcome, "ExpectationFailed")
+            kind = _program_class(record, outcome, ExpectationFailed.__name__)
             checks.append(
                 Check(
                     expected.describe(),
@@ -361,7 +371,7 @@ def _program_checks(
                 seen += " (stopped by the shutdown)"
         else:
             passed = False
-        kind = "" if passed else _program_class(record, outcome, "ProgramFailed")
+        kind = "" if passed else _program_class(record, outcome, ProgramFailed.__name__)
         checks.append(
             Check(name, CheckGroup.EXPECTATIONS, passed, seen, kind, program=outcome.index)
         )
@@ -370,7 +380,7 @@ def _program_checks(
 
 def _program_class(record: RunRecord, outcome: ProgramOutcome, otherwise: str) -> str:
     if outcome.state == ProgramState.FAILED:
-        return "ProgramFailed"
+        return ProgramFailed.__name__
     if outcome.state in ("not started", ProgramState.STARTED):
         return _missing_class(record)
     return otherwise
@@ -385,7 +395,7 @@ def _console_checks(record: RunRecord, scenario: Scenario) -> list[Check]:
             detail = f"line {line}: {_line_at(record.console, match.start())}"
         else:
             detail = f"not found in {record.console.count(chr(10))} lines"
-        kind = "" if match else "ExpectationFailed"
+        kind = "" if match else ExpectationFailed.__name__
         checks.append(
             Check(expected.describe(), CheckGroup.EXPECTATIONS, match is not None, detail, kind)
         )
@@ -407,7 +417,7 @@ def _shutdown_check(record: RunRecord, scenario: Scenario) -> Check:
     elif code is None:
         seen, kind = "QEMU did not run", _missing_class(record)
     elif code != 0:
-        seen, kind = f"QEMU exit status {code}", "QemuFailed"
+        seen, kind = f"QEMU exit status {code}", QemuFailed.__name__
     elif synced:
         seen, kind = "vinitd synced the disks; QEMU exit status 0", ""
     else:
@@ -423,7 +433,7 @@ def _shutdown_check(record: RunRecord, scenario: Scenario) -> Check:
         CheckGroup.EXPECTATIONS,
         passed,
         seen,
-        "" if passed else kind or "ExpectationFailed",
+        "" if passed else kind or ExpectationFailed.__name__,
     )
 
 
@@ -434,9 +444,9 @@ def render_text(report: Report) -> str:
     """The stage table, the programs, the checks and the verdict, for people."""
     record = report.record
     lines = [f"vm {record.name}: {record.image} under {record.accel} ({record.accel_reason})"]
-    lines += ["", _table(_stage_rows(report.stages, boot_phases(record.events)))]
+    lines += ["", format_table(_stage_rows(report.stages, boot_phases(record.events)))]
     if report.programs:
-        lines += ["", _table(_program_rows(report.programs))]
+        lines += ["", format_table(_program_rows(report.programs))]
     if record.actions:
         lines += ["", *(f"action: {action}" for action in record.actions)]
     lines.append("")
@@ -449,10 +459,6 @@ def render_text(report: Report) -> str:
     if report.artifacts is not None:
         lines.append(f"artifacts: {report.artifacts.directory}")
     return "\n".join(lines) + "\n"
-
-
-def _seconds(value: float | None) -> str:
-    return "-" if value is None else f"{value:.3f}"
 
 
 def boot_phases(events: Sequence[Event]) -> dict[str, float] | None:
@@ -477,31 +483,33 @@ def _stage_rows(
     ]
     if phases is not None:
         kernel, start = phases["kernel"], phases["vinitd_start"]
-        rows += [
-            ("(kernel)", "-", _seconds(0.0), _seconds(kernel), "-", "-", _seconds(kernel)),
-            (
-                "(vinitd start)",
-                "-",
-                _seconds(kernel),
-                _seconds(kernel + start),
-                "-",
-                "-",
-                _seconds(start),
-            ),
-        ]
+        rows += [_phase_row("(kernel)", 0.0, kernel), _phase_row("(vinitd start)", kernel, start)]
     rows += [
         (
             span.stage,
             span.state,
-            _seconds(span.guest_start),
-            _seconds(span.guest_end),
-            _seconds(span.host_start),
-            _seconds(span.host_end),
-            _seconds(span.guest_seconds),
+            format_seconds(span.guest_start),
+            format_seconds(span.guest_end),
+            format_seconds(span.host_start),
+            format_seconds(span.host_end),
+            format_seconds(span.guest_seconds),
         )
         for span in spans
     ]
     return rows
+
+
+def _phase_row(name: str, begins: float, seconds: float) -> tuple[str, ...]:
+    """A row for a part of the boot before the stages: guest times only."""
+    return (
+        name,
+        "-",
+        format_seconds(begins),
+        format_seconds(begins + seconds),
+        "-",
+        "-",
+        format_seconds(seconds),
+    )
 
 
 def _program_rows(programs: Sequence[ProgramOutcome]) -> list[tuple[str, ...]]:
@@ -510,21 +518,13 @@ def _program_rows(programs: Sequence[ProgramOutcome]) -> list[tuple[str, ...]]:
         (
             str(p.index),
             "-" if p.pid is None else str(p.pid),
-            _seconds(p.guest_start),
-            _seconds(p.guest_end),
+            format_seconds(p.guest_start),
+            format_seconds(p.guest_end),
             p.describe(),
         )
         for p in programs
     ]
     return rows
-
-
-def _table(rows: Sequence[tuple[str, ...]]) -> str:
-    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
-    return "\n".join(
-        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
-        for row in rows
-    )
 
 
 def junit_xml(report: Report) -> bytes:

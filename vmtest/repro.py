@@ -282,12 +282,9 @@ def _keep_boot_files(arguments: Sequence[Argument], directory: Path) -> dict[str
     return kept
 
 
-def console_arguments(
-    arguments: Sequence[Argument], *, boot_files: Mapping[str, Path] | None = None
-) -> tuple[Argument, ...]:
+def console_arguments(arguments: Sequence[Argument]) -> tuple[Argument, ...]:
     """The same VM with the serial console on stdio and without vmtest's sockets; the disk
-    always a snapshot; the kernel and initramfs from ``boot_files`` (roles kernel, initrd)
-    when given."""
+    always a snapshot."""
     kept: list[Argument] = []
     for argument in arguments:
         value = argument.value or ""
@@ -297,8 +294,6 @@ def console_arguments(
             argument = Argument("-serial", "stdio", "the console on this terminal")
         elif argument.option == "-drive" and "snapshot=on" not in value:
             argument = replace(argument, value=value + ",snapshot=on")
-        elif boot_files and argument.option[1:] in boot_files:
-            argument = replace(argument, value=str(boot_files[argument.option[1:]]))
         kept.append(argument)
     return tuple(kept)
 

@@ -20,7 +20,7 @@ from typing import Protocol, TypeVar
 from vmtest import diagnosis
 from vmtest.console import Console
 from vmtest.diagnosis import Evidence, Expectation
-from vmtest.events import Event, EventStream, EventType
+from vmtest.events import Event, EventStream, EventType, ProgramState
 from vmtest.failures import (
     FailureContext,
     MachineFailure,
@@ -241,7 +241,7 @@ class Watch:
         for event in self.stream.events:
             if event.type != EventType.PROGRAM or event.index is None:
                 continue
-            if event.state == "started":
+            if event.state == ProgramState.STARTED:
                 running[event.index] = f"program[{event.index}] (pid {event.get('pid', '?')})"
             else:
                 running.pop(event.index, None)
