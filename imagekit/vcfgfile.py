@@ -10,6 +10,7 @@ from __future__ import annotations
 import tomllib
 from pathlib import Path
 
+from imagekit.textfile import TextFileError, read_text
 from vinitd.errors import ConfigError
 from vinitd.vcfg.kinds import Form
 from vinitd.vcfg.model import VCFG
@@ -34,17 +35,7 @@ def read_vcfg_file(path: Path) -> VCFG:
     """Read and decode one ``.vcfg`` file."""
     source = str(path)
     try:
-        if path.stat().st_size > MAX_SIZE:
-            raise ConfigError(f"larger than {MAX_SIZE} bytes", source=source)
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise ConfigError("no such file", source=source) from None
-    except IsADirectoryError:
-        raise ConfigError("is a directory, not a VCFG file", source=source) from None
-    except OSError as err:
-        raise ConfigError(f"cannot read: {err.strerror}", source=source) from None
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as err:
-        raise ConfigError(f"not UTF-8 text (byte {err.start})", source=source) from None
+        text = read_text(path, max_size=MAX_SIZE, kind="a VCFG file")
+    except TextFileError as err:
+        raise ConfigError(err.problem, source=source) from None
     return parse_vcfg_text(text, source=source)

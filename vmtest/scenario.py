@@ -42,6 +42,7 @@ from typing import Any
 
 from imagekit.imagefile import write_config
 from imagekit.merge import Sources, merge, source_of
+from imagekit.textfile import TextFileError, read_text
 from vinitd.errors import ConfigError
 from vinitd.vcfg import codec, validate
 from vinitd.vcfg.kinds import Form
@@ -142,17 +143,9 @@ def load(path: Path) -> Scenario:
     """Read and check a scenario file; ScenarioError names the file and the key."""
     source = str(path)
     try:
-        if path.stat().st_size > MAX_SIZE:
-            raise ScenarioError(f"larger than {MAX_SIZE} bytes", source=source)
-        text = path.read_bytes().decode("utf-8")
-    except FileNotFoundError:
-        raise ScenarioError("no such file", source=source) from None
-    except IsADirectoryError:
-        raise ScenarioError("is a directory, not a scenario file", source=source) from None
-    except OSError as err:
-        raise ScenarioError(f"cannot read: {err.strerror}", source=source) from None
-    except UnicodeDecodeError as err:
-        raise ScenarioError(f"not UTF-8 text (byte {err.start})", source=source) from None
+        text = read_text(path, max_size=MAX_SIZE, kind="a scenario file")
+    except TextFileError as err:
+        raise ScenarioError(err.problem, source=source) from None
     return parse(text, source=source)
 
 
