@@ -170,6 +170,13 @@ def fake_qemu(tmp_path: Path) -> dict[str, str]:
     }
 
 
+def run_repro(bundle: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """The bundle's repro.sh, with the fake QEMU first on PATH."""
+    return subprocess.run(
+        [str(bundle / "repro.sh"), *args], env=env, capture_output=True, text=True, check=False
+    )
+
+
 def test_repro_sh_boots_the_recorded_command(
     tmp_path: Path, bundle: Bundle, image: Path, fake_qemu: dict[str, str]
 ) -> None:
@@ -180,9 +187,7 @@ def test_repro_sh_boots_the_recorded_command(
     assert os.access(script, os.X_OK)
     assert f"image={image}\n" in script.read_text()
 
-    result = subprocess.run(
-        [str(script), "-S"], env=fake_qemu, capture_output=True, text=True, check=False
-    )
+    result = run_repro(out, fake_qemu, "-S")
     assert result.returncode == 0, result.stderr
     assert result.stdout == "fake QEMU booted\n"
     assert "WARNING" not in result.stderr
@@ -199,13 +204,7 @@ def test_repro_sh_warns_when_the_image_changed(
     """A changed image still boots, with a warning naming both hashes."""
     write(bundle, tmp_path / "bundle")
     image.write_bytes(b"changed")
-    result = subprocess.run(
-        [str(tmp_path / "bundle" / "repro.sh")],
-        env=fake_qemu,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    result = run_repro(tmp_path / "bundle", fake_qemu)
     assert result.returncode == 0
     assert f"WARNING: {image} changed since the run" in result.stderr
     assert hashlib.sha256(b"changed").hexdigest() in result.stderr
@@ -217,13 +216,7 @@ def test_repro_sh_stops_when_the_image_is_gone(
     """No image, no boot: exit status 1 and a line saying so."""
     write(bundle, tmp_path / "bundle")
     image.unlink()
-    result = subprocess.run(
-        [str(tmp_path / "bundle" / "repro.sh")],
-        env=fake_qemu,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    result = run_repro(tmp_path / "bundle", fake_qemu)
     assert result.returncode == 1
     assert f"the image {image} is gone" in result.stderr
     assert not (tmp_path / "argv.txt").exists()
